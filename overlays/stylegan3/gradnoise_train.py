@@ -204,6 +204,7 @@ def measure(rank, c, temp_dir):
 @click.option('--seed',         help='Random seed', metavar='INT',                              type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--workers',      help='DataLoader worker processes', metavar='INT',              type=click.IntRange(min=1), default=3, show_default=True)
 @click.option('--device',       help='Measure on GPUs or on the CPU  [default: cuda if available]', type=click.Choice(['cuda', 'cpu']))
+@click.option('-n','--dry-run', help='Check the options and the pickle, print them and exit',   is_flag=True)
 
 def main(**kwargs):
     """Measure the gradient noise of a StyleGAN checkpoint (no parameter updates).
@@ -270,8 +271,17 @@ def main(**kwargs):
     del training_set, resume_data, G, D
 
     c.run_dir = next_run_dir(opts.outdir, 'gradnoise' + (f'-{opts.desc}' if opts.desc else ''))
+    print()
+    print('Measurement options:')
+    print(json.dumps(c, indent=2))
+    print()
     print(f'Output directory:    {c.run_dir}')
-    print(f'Passes:              {c.mode}, {c.num_batches} minibatches of {c.batch_size} each')
+    print(f'Phases:              {", ".join(["Gmain"] + (["Greg"] if c.loss_kwargs.get("pl_weight", 0) > 0 else []) + ["Dmain"] + (["Dreg"] if opts.gamma > 0 else []))}')
+    print(f'Passes:              {c.mode}, {c.num_batches} minibatches of {c.batch_size} images each')
+    print()
+    if opts.dry_run:
+        print('Dry run; exiting.')
+        return
     os.makedirs(c.run_dir)
     with open(os.path.join(c.run_dir, 'options.json'), 'wt') as f:
         json.dump(c, f, indent=2)
