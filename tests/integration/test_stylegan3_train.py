@@ -248,3 +248,46 @@ def test_seed_gradnoise_command_dry_run(tree, dataset, smoke_runs, tmp_path):
     assert 'Phases:              Gmain, Greg, Dmain, Dreg' in output
     assert 'Passes:              both, 31250 minibatches of 32 images each' in output
     assert not (tmp_path / 'eval_runs').exists()
+
+
+@pytest.mark.parametrize('bad, message', [
+    (['--clip-mode=norm'], '--clip-mode=norm requires --clip-gmax and --clip-dmax'),
+    (['--clip-mode=value', '--clip-gmax=0', '--clip-dmax=1'], "Invalid value for '--clip-gmax'"),
+    (['--clip-gmax=1', '--clip-dmax=1'], '--clip-gmax and --clip-dmax require --clip-mode=norm or --clip-mode=value'),
+    (['--optimizer=rmsprop'], "Invalid value for '--optimizer'"),
+    (['--bmc=both'], "Invalid value for '--bmc'"),
+    (['--grid=4by2'], "Invalid value for '--grid'"),
+])
+def test_bad_options_fail_at_startup(bad, message, tree, dataset, tmp_path):
+    proc = subprocess.run([sys.executable, 'train.py', f'--outdir={tmp_path}', f'--data={dataset}', *TINY, *bad, '--dry-run'],
+                          cwd=tree, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+SNAPSHOTS_EQUAL = r'''
+import sys, torch, dnnlib, legacy
+def load(path):
+    with dnnlib.util.open_url(path) as f:
+        return legacy.load_network_pkl(f)
+a, b = load(sys.argv[1]), load(sys.argv[2])
+differ = [f'{key}.{name}' for key in ['G', 'D', 'G_ema']
+          for (name, x), (_, y) in zip(a[key].state_dict().items(), b[key].state_dict().items()) if not torch.equal(x, y)]
+print('DIFFER', differ, 'COUNT', sum(len(a[key].state_dict()) for key in ['G', 'D', 'G_ema']))
+'''
+
+
+def test_default_adam_run_matches_the_tree_before_the_method_patches(tree, dataset, smoke_runs, tmp_path):
+    """The optimizer, SEG and BMC patches leave the default (Adam, no clipping, no BMC) run bit-identical."""
+    subject = 'Optimizers and clipping'
+    first = subprocess.run(['git', '-C', str(tree), 'log', '--format=%H', f'--grep=^{subject}', 'upstream..HEAD'],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(first) == 1, f'no single patch commit titled "{subject}..." in {tree}'
+    before = tmp_path / 'before'
+    before.mkdir()
+    subprocess.run(f'git -C {tree} archive {first[0]}~1 | tar -x -C {before}', shell=True, check=True)
+    run(before, ['train.py', f'--outdir={tmp_path / "runs"}', f'--data={dataset}', *TINY])
+    [run_dir] = (tmp_path / 'runs').iterdir()
+    name = sorted(smoke_runs['adam'].glob('network-snapshot-*.pkl'))[-1].name
+    output = run(tree, ['-c', SNAPSHOTS_EQUAL, str(smoke_runs['adam'] / name), str(run_dir / name)])
+    assert 'DIFFER [] COUNT' in output and 'COUNT 0' not in output, output[-3000:]
