@@ -134,14 +134,21 @@ def measure(rank, c, temp_dir):
         gen_c = torch.from_numpy(np.stack(gen_c)).to(device).split(c.batch_gpu)
         return real_img, real_c, gen_z, gen_c
 
+    def all_reduce(flat):
+        torch.distributed.all_reduce(flat)
+        flat /= c.num_gpus
+
     loss = FrozenStatisticsLoss(device=device, G=G, D=D, augment_pipe=augment_pipe, **c.loss_kwargs)
-    phase_modules = {'Gmain': G, 'Dmain': D}
-    if loss.pl_weight > 0:
-        phase_modules['Greg'] = G
+    phase_modules = {'Gmain': G, 'Greg': G, 'Dmain': D, 'Dreg': D} # The training loop's phases, kept apart.
+    if loss.pl_weight == 0:
+        del phase_modules['Greg']
+    if loss.r1_gamma == 0:
+        del phase_modules['Dreg']
+    if 'Greg' in phase_modules:
         log(f'Estimating pl_mean over {c.pl_mean_batches} minibatches...')
         loss.estimate_pl_mean(next_minibatch() for _ in range(c.pl_mean_batches))
-    if loss.r1_gamma > 0:
-        phase_modules['Dreg'] = D
+        if c.num_gpus > 1:
+            all_reduce(loss.pl_mean) # Same penalty on every rank.
 
     def compute_gradient(phase):
         module = phase_modules[phase]
@@ -155,10 +162,6 @@ def measure(rank, c, temp_dir):
         for param in module.parameters():
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-
-    def all_reduce(flat):
-        torch.distributed.all_reduce(flat)
-        flat /= c.num_gpus
 
     meter = ganpatch.gradnoise.GradientNoiseMeter({phase: list(module.parameters()) for phase, module in phase_modules.items()},
         all_reduce=all_reduce if c.num_gpus > 1 else None)
