@@ -250,18 +250,34 @@ def test_seed_gradnoise_command_dry_run(tree, dataset, smoke_runs, tmp_path):
     assert not (tmp_path / 'eval_runs').exists()
 
 
-@pytest.mark.parametrize('bad, message', [
+BAD_OPTIONS = [  # (options, the start of the error message click must print)
     (['--clip-mode=norm'], '--clip-mode=norm requires --clip-gmax and --clip-dmax'),
     (['--clip-mode=value', '--clip-gmax=0', '--clip-dmax=1'], "Invalid value for '--clip-gmax'"),
     (['--clip-gmax=1', '--clip-dmax=1'], '--clip-gmax and --clip-dmax require --clip-mode=norm or --clip-mode=value'),
     (['--optimizer=rmsprop'], "Invalid value for '--optimizer'"),
     (['--bmc=both'], "Invalid value for '--bmc'"),
     (['--grid=4by2'], "Invalid value for '--grid'"),
-])
-def test_bad_options_fail_at_startup(bad, message, tree, dataset, tmp_path):
-    proc = subprocess.run([sys.executable, 'train.py', f'--outdir={tmp_path}', f'--data={dataset}', *TINY, *bad, '--dry-run'],
-                          cwd=tree, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and message in proc.stderr, proc.stdout + proc.stderr
+]
+
+RUN_BAD_OPTIONS = r'''
+import json, sys, click, train
+for args in json.loads(sys.argv[1]):
+    try:
+        train.main(args, standalone_mode=False)
+        print('ACCEPTED', json.dumps(args))
+    except click.ClickException as err:
+        print('REJECTED', json.dumps(err.format_message()))
+'''
+
+
+def test_bad_options_fail_at_startup(tree, dataset, tmp_path):
+    """All in one process (train.main with standalone_mode=False), to save interpreter start-ups."""
+    argv = [[f'--outdir={tmp_path}', f'--data={dataset}', *TINY, *bad, '--dry-run'] for bad, _ in BAD_OPTIONS]
+    output = run(tree, ['-c', RUN_BAD_OPTIONS, json.dumps(argv)])
+    results = [line for line in output.splitlines() if line.startswith(('ACCEPTED', 'REJECTED'))]
+    assert len(results) == len(BAD_OPTIONS), output[-3000:]
+    for (bad, message), result in zip(BAD_OPTIONS, results):
+        assert result.startswith('REJECTED') and message in json.loads(result.split(' ', 1)[1]), (bad, result)
     assert list(tmp_path.iterdir()) == []
 
 
