@@ -131,6 +131,7 @@ class RejectedError(GanpatchError):
 
 class PatchError(GanpatchError):
     code = EXIT_PATCH
+    merged = False  # set when --3way handed the patch to `git am -3`
 
 
 class LocalWorkError(GanpatchError):
@@ -688,12 +689,13 @@ def apply_patch(patch: Path, work: Path, *, remaining: list[Path] | None = None)
     """
     check = run_git(['apply', '--check', '-v', str(patch)], cwd=work, check=False)
     if check.returncode != 0:
-        problem = describe_failure(patch, check.stderr.decode(errors='replace'), work)
+        error = PatchError(describe_failure(patch, check.stderr.decode(errors='replace'), work),
+                           'rebase the patch on the pinned upstream (--3way keeps a conflict tree); '
+                           'the destination was not touched')
         if remaining is not None:
             run_git(['am', '--keep-cr', '-3', str(patch), *map(str, remaining)], cwd=work, check=False)
-            raise PatchError(problem, 'resolve the conflict markers', details=[]) from None
-        raise PatchError(problem, 'rebase the patch on the pinned upstream (try --3way for a conflict tree); '
-                                  'the destination was not touched')
+            error.merged = True
+        raise error
     applied = run_git(['am', '--keep-cr', '-q', str(patch)], cwd=work, check=False)
     if applied.returncode != 0:
         reason = applied.stdout.decode(errors='replace').strip() or applied.stderr.decode(errors='replace').strip()
@@ -801,6 +803,8 @@ def inspect_tree(dest: Path, pin: Pin) -> TreeState:
     stamp = read_stamp(dest) if dest.is_dir() else None
     if stamp is None or stamp.get('target') != pin.target:
         return TreeState('foreign', stamp, [f'{dest} is not a ganpatch tree of {pin.target}'])
+    if stamp.get('state') == 'conflict' and 'refreshed' not in stamp:
+        return TreeState('modified', stamp, ['a --3way conflict tree whose resolution was not exported (--refresh)'])
     local_work = find_local_work(dest, pin.target, stamp)
     changed = changed_inputs(built_inputs(stamp), inputs_of(pin))
     kind = 'modified' if local_work else 'outdated' if changed else 'up to date'
@@ -814,10 +818,10 @@ def find_local_work(tree: Path, target: str, stamp: dict) -> list[str]:
     file counts as held when it equals its source in overlays/ (after --refresh it does).
     """
     work = []
-    head = git_text(['rev-parse', 'HEAD'], tree)
-    if head != stamp['head']:
-        log_lines = git_text(['log', '--format=%h %s', f'{stamp["head"]}..HEAD'], tree).splitlines()
-        work += [f'commit {line}' for line in log_lines] or [f'HEAD moved from {stamp["head"][:12]} to {head[:12]}']
+    head, built = git_text(['rev-parse', 'HEAD'], tree), (stamp.get('refreshed') or stamp)['head']
+    if head != built:
+        log_lines = git_text(['log', '--format=%h %s', f'{built}..HEAD'], tree).splitlines()
+        work += [f'commit {line}' for line in log_lines] or [f'HEAD moved from {built[:12]} to {head[:12]}']
     overlays = overlay_files(target)
     for code, path in porcelain_status(tree):
         if Path(path).name == '__pycache__' or path.endswith(SKIPPED_OVERLAY_SUFFIXES) or '__pycache__/' in path:
@@ -921,7 +925,7 @@ def apply_target(pin: Pin, dest: Path, sources: Sources, *, force: bool, three_w
         return EXIT_OK
     if state.kind in ('modified', 'foreign') and not force:
         raise LocalWorkError(f'{display(dest)} holds work that a rebuild would lose',
-                             f'export it with --refresh, or rebuild with --force (the old tree is moved to a backup)',
+                             'export it with --refresh, or rebuild with --force (the old tree is moved to a backup)',
                              details=state.local_work)
     files, origin = fetch_upstream(pin, sources)
     log(f'{pin.target}: {pin.slug}@{pin.commit[:12]} from {origin} (tree {pin.tree[:12]} verified)')
@@ -929,7 +933,7 @@ def apply_target(pin: Pin, dest: Path, sources: Sources, *, force: bool, three_w
         try:
             build_tree(pin, files, work, three_way=three_way)
         except PatchError as exc:
-            if three_way and (work / '.git' / 'rebase-apply').exists():
+            if exc.merged:
                 exc.hint = keep_conflict_tree(pin, work, dest)
             raise
         backup = move_into_place(work, dest, keep_old=state.kind in ('modified', 'foreign'))
@@ -946,9 +950,11 @@ def keep_conflict_tree(pin: Pin, work: Path, dest: Path) -> str:
     write_stamp(work, {'target': pin.target, **inputs_of(pin), 'head': None, 'state': 'conflict'})
     kept = unique_sibling(dest, 'conflict')
     os.rename(work, kept)
-    return (f'conflict tree kept at {display(kept)}: resolve the markers, `git add` the files and '
-            f'`git am --continue` there (until the series is done), then `apply.py --target {pin.target} '
-            f'--refresh --dest {display(kept)}` and rebuild')
+    unfinished = (kept / '.git' / 'rebase-apply').exists()
+    todo = ('resolve the conflict markers, `git add` the files and `git am --continue` there (repeat until the '
+            'series is done), then ' if unfinished else 'the 3-way merge needed no help; ')
+    return (f'tree kept at {display(kept)}: {todo}export the rebased patches with '
+            f'`apply.py --target {pin.target} --refresh --dest {display(kept)}` and rebuild')
 
 
 def check_target(pin: Pin, sources: Sources) -> int:
@@ -961,6 +967,193 @@ def check_target(pin: Pin, sources: Sources) -> int:
     log(f'{pin.target}: ok: tree {pin.tree[:12]} from {origin} verified, {len(read_series(pin.target))} patches '
         f'apply at zero fuzz, {len(overlay_files(pin.target))} overlay files')
     return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# --refresh: from the tree back to patches/ and overlays/.
+
+def refresh_target(pin: Pin, tree: Path, *, force: bool) -> int:
+    """Exports the tree's patch commits and overlay edits; only files whose bytes change are written.
+
+    The baseline is what patches/ and overlays/ held when the tree was built (or last refreshed).
+    If they changed since, exporting would overwrite someone's work, so that needs --force.
+    """
+    stamp = read_stamp(tree)
+    if stamp is None or stamp.get('target') != pin.target:
+        raise GanpatchError(f'{display(tree)} is not a ganpatch tree of {pin.target}',
+                            f'build one with `apply.py --target {pin.target}` and edit it there')
+    if (tree / '.git' / 'rebase-apply').exists():
+        raise GanpatchError(f'git am is still in progress in {display(tree)}',
+                            'finish it there with `git am --continue` (or `git am --abort`)')
+    baseline = stamp.get('refreshed') or built_inputs(stamp)
+    if baseline['patches'] != inputs_of(pin)['patches'] and not force:
+        raise GanpatchError(f'patches/{pin.target} changed since {display(tree)} was built or refreshed',
+                            'rebuild the tree first, or pass --force to overwrite patches/ with the tree')
+    is_overlay = overlay_predicate(pin.target, baseline['overlays'])
+    uncommitted = [f'{code} {path}' for code, path in porcelain_status(tree)
+                   if code != '!!' and not is_overlay(path) and '__pycache__/' not in path]
+    if uncommitted:
+        raise GanpatchError(f'{display(tree)} has uncommitted changes outside the overlays',
+                            'commit them (each commit becomes a patch) or discard them, then refresh again',
+                            details=uncommitted)
+    conflict_tree = stamp.get('state') == 'conflict'
+    tip = 'HEAD' if conflict_tree else patch_commits_tip(tree, find_overlay_commit(tree), is_overlay)
+    plan = [] if conflict_tree else plan_overlay_copies(tree, pin.target, baseline['overlays'], force=force)
+    changes = export_patches(tree, pin.target, tip) + copy_overlays_back(plan)
+    stamp['refreshed'] = {**inputs_of(pin), 'head': git_text(['rev-parse', 'HEAD'], tree)}
+    write_stamp(tree, stamp)
+    for change in changes:
+        print(f'{pin.target}: {change}')
+    print(f'{pin.target}: refreshed from {display(tree)}: '
+          f'{len(changes) or "no"} file{"s" if len(changes) != 1 else ""} changed')
+    return EXIT_OK
+
+
+def overlay_predicate(target: str, baseline_overlays: dict):
+    """Whether a tree path belongs to the overlays (then --refresh copies it back, never patches it)."""
+    known = set(baseline_overlays) | set(overlay_files(target))
+    return lambda path: path.startswith(PACKAGE_DIR_IN_TREE + '/') or path in known
+
+
+def find_overlay_commit(tree: Path) -> str:
+    """The one commit after `upstream` whose subject is OVERLAY_SUBJECT (tags do not survive rebases)."""
+    log_out = git_text(['log', '--format=%H %s', f'{UPSTREAM_TAG}..HEAD'], tree).splitlines()
+    found = [line.split(' ', 1)[0] for line in log_out if line.split(' ', 1)[1:] == [OVERLAY_SUBJECT]]
+    if len(found) != 1:
+        raise GanpatchError(f'{display(tree)} has {len(found)} commits with the subject {OVERLAY_SUBJECT!r}, not one',
+                            'keep exactly one overlay commit (git rebase -i upstream) and refresh again')
+    if git_text(['rev-list', '--merges', f'{UPSTREAM_TAG}..HEAD'], tree):
+        raise GanpatchError(f'{display(tree)} has merge commits', 'linearise the history (git rebase upstream)')
+    return found[0]
+
+
+def patch_commits_tip(tree: Path, overlay_commit: str, is_overlay) -> str:
+    """A commit whose history from `upstream` is exactly the patch series.
+
+    Commits before the overlay commit are patches. Of the later ones, those touching only overlay
+    files are skipped (their files are copied back), those touching only upstream files are replayed
+    onto the commit before the overlays (new patches at the end of the series), mixed ones refused.
+    """
+    replay = []
+    for commit in git_text(['rev-list', '--reverse', f'{overlay_commit}..HEAD'], tree).split():
+        paths = run_git(['diff-tree', '--no-commit-id', '--name-only', '-r', '-z', commit], cwd=tree).stdout
+        kinds = {is_overlay(path) for path in paths.decode('utf-8', 'surrogateescape').split('\0') if path}
+        if kinds == {True, False}:
+            raise GanpatchError(f'commit {commit[:12]} changes both overlay and upstream files',
+                                'split it (git rebase -i) into an overlay commit and an upstream commit')
+        if kinds == {False}:
+            replay.append(commit)
+    return replay_commits(tree, f'{overlay_commit}^', replay)
+
+
+def replay_commits(tree: Path, base: str, commits: list[str]) -> str:
+    """Copies `commits` onto `base` with a private index (the work tree and HEAD stay as they are)."""
+    tip = git_text(['rev-parse', base], tree)
+    if not commits:
+        return tip
+    index = {'GIT_INDEX_FILE': str(tree / '.git' / 'ganpatch-refresh.index')}
+    try:
+        run_git(['read-tree', tip], cwd=tree, env=index)
+        for commit in commits:
+            diff = run_git(['diff-tree', '-p', '--binary', '--full-index', f'{commit}^', commit], cwd=tree).stdout
+            if run_git(['apply', '--cached'], cwd=tree, stdin=diff, env=index, check=False).returncode != 0:
+                raise GanpatchError(f'commit {commit[:12]} (after the overlay commit) does not apply before it',
+                                    'move it before the overlay commit yourself (git rebase -i upstream)')
+            new_tree = run_git(['write-tree'], cwd=tree, env=index).stdout.decode().strip()
+            header, message = run_git(['cat-file', 'commit', commit], cwd=tree).stdout.split(b'\n\n', 1)
+            author = next(line for line in header.splitlines() if line.startswith(b'author '))
+            body = b'tree %s\nparent %s\n%s\ncommitter ganpatch <ganpatch@localhost> %s\n\n%s' % (
+                new_tree.encode(), tip.encode(), author, FIXED_DATE.encode(), message)
+            tip = run_git(['hash-object', '-t', 'commit', '-w', '--stdin'], cwd=tree, stdin=body).stdout.decode().strip()
+    finally:
+        Path(index['GIT_INDEX_FILE']).unlink(missing_ok=True)
+    return tip
+
+
+def export_patches(tree: Path, target: str, tip: str) -> list[str]:
+    """format-patch `upstream..tip` into patches/<target>/; rewrites only files whose bytes differ."""
+    directory = PATCHES_DIR / target
+    changes = []
+    with tempfile.TemporaryDirectory(prefix='ganpatch-refresh-') as scratch:
+        run_git(['-c', 'core.abbrev=7', 'format-patch', '--zero-commit', '--no-signature', '-o', scratch,
+                 f'{UPSTREAM_TAG}..{tip}'], cwd=tree)
+        exported = sorted(Path(scratch).iterdir())
+        for patch in exported:
+            old = directory / patch.name
+            if not old.is_file() or old.read_bytes() != patch.read_bytes():
+                changes.append(f'{"rewrote" if old.is_file() else "added"} patches/{target}/{patch.name}')
+                write_atomically(old, patch.read_bytes())
+    names = [patch.name for patch in exported]
+    for name in read_series(target):
+        if name not in names and (directory / name).is_file():
+            (directory / name).unlink()
+            changes.append(f'removed patches/{target}/{name}')
+    series = series_text(target, names)
+    if not series_path(target).is_file() or series_path(target).read_text(encoding='utf-8') != series:
+        write_atomically(series_path(target), series.encode())
+        changes.append(f'updated patches/{target}/series')
+    return changes
+
+
+def series_text(target: str, names: list[str]) -> str:
+    """The series: the existing leading comment block (or a default one), then one name per line."""
+    header = [f'# Patch series for {target}, applied in order by apply.py.']
+    if series_path(target).is_file():
+        lines = series_path(target).read_text(encoding='utf-8').splitlines()
+        header = list(next((lines[:i] for i, line in enumerate(lines) if line and not line.startswith('#')), lines))
+    return ''.join(f'{line}\n' for line in [*header, *names])
+
+
+def plan_overlay_copies(tree: Path, target: str, baseline: dict, *, force: bool) -> list[tuple[Path, Path | None]]:
+    """(overlay source, tree file or None to delete it) for every overlay file the tree changed.
+
+    A file counts only when the tree changed it since the baseline; when overlays/ changed it too
+    (to something else), that is a conflict that needs --force.
+    """
+    package = tree / PACKAGE_DIR_IN_TREE
+    in_tree = {path.relative_to(tree).as_posix() for path in package.rglob('*')
+               if path.is_file() and not is_skipped_overlay(path.relative_to(tree))} if package.is_dir() else set()
+    plan, conflicts = [], []
+    for tree_path in sorted(in_tree | set(baseline) | set(overlay_files(target))):
+        copy, source = tree / tree_path, overlay_source(target, tree_path)
+        now = file_digest(copy) if copy.is_file() else None
+        repo = file_digest(source) if source.is_file() else None
+        if now == baseline.get(tree_path) or now == repo:
+            continue
+        if repo != baseline.get(tree_path) and not force:
+            conflicts.append(f'{tree_path} (and {source.relative_to(ROOT)})')
+        plan.append((source, copy if now else None))
+    if conflicts:
+        raise GanpatchError('overlay files changed both in the tree and in overlays/ since the build',
+                            'merge them by hand, or pass --force to take the tree\'s version', details=conflicts)
+    return plan
+
+
+def copy_overlays_back(plan: list[tuple[Path, Path | None]]) -> list[str]:
+    changes = []
+    for source, copy in plan:
+        if copy is None:
+            source.unlink()
+            changes.append(f'removed {source.relative_to(ROOT)}')
+        else:
+            existed = source.is_file()
+            write_atomically(source, copy.read_bytes(), executable=bool(copy.stat().st_mode & 0o100))
+            changes.append(f'{"updated" if existed else "added"} {source.relative_to(ROOT)}')
+    return changes
+
+
+def overlay_source(target: str, tree_path: str) -> Path:
+    if tree_path.startswith(PACKAGE_DIR_IN_TREE + '/'):
+        return COMMON_OVERLAY_DIR / tree_path.removeprefix(PACKAGE_DIR_IN_TREE + '/')
+    return OVERLAYS_DIR / target / tree_path
+
+
+def write_atomically(path: Path, data: bytes, *, executable: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f'.{path.name}.tmp')
+    temporary.write_bytes(data)
+    os.chmod(temporary, 0o755 if executable else 0o644)
+    os.replace(temporary, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1104,6 +1297,8 @@ def run_command(args: argparse.Namespace, pin: Pin, dest: Path, sources: Sources
         return show_status(pin, dest)
     if args.diff:
         return show_diff(pin, dest)
+    if args.refresh:
+        return refresh_target(pin, dest, force=args.force)
     return apply_target(pin, dest, sources, force=args.force, three_way=args.three_way)
 
 
