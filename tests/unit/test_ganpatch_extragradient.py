@@ -1,0 +1,205 @@
+"""ganpatch.optim extragradient (SEG): both half-steps by hand, the bilinear game, real iterates, state_dict
+in either state, and the NaN policy at each half-step."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from ganpatch.optim import build_optimizer
+
+A = torch.tensor([3.0, 4.0]) # f(x) = 1/2 sum(A x^2): gradient A x.
+
+
+def quadratic_grad(x):
+    return [a * xi for a, xi in zip([3.0, 4.0], x)]
+
+
+def clipped(g, threshold):
+    return [gi * min(1.0, threshold / math.hypot(*g)) for gi in g]
+
+
+def test_extrasgd_hand_computed_half_steps():
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer('extrasgd', [param], lr=0.1, clip_mode='norm', clip_threshold=1.0)
+    x = [1.0, 1.0]
+    param.grad = A * param.detach()
+    opt.extrapolate()
+    x_tilde = [xi - 0.1 * gi for xi, gi in zip(x, clipped(quadratic_grad(x), 1.0))] # (0.94, 0.92)
+    assert param.tolist() == pytest.approx(x_tilde, rel=1e-6) and opt.is_extrapolated
+    assert [t.tolist() for t in opt.real_params] == [x]
+    param.grad = A * param.detach() # Gradient at x~.
+    opt.step()
+    x_next = [xi - 0.1 * gi for xi, gi in zip(x, clipped(quadratic_grad(x_tilde), 1.0))] # From x, not from x~.
+    assert param.tolist() == pytest.approx(x_next, rel=1e-6) and not opt.is_extrapolated
+    assert opt.real_params is None
+
+
+def adam_delta(g, m, v, t, lr=0.1, beta1=0.5, beta2=0.9, eps=1e-3):
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    return -lr * (m / (1 - beta1 ** t)) / (math.sqrt(v / (1 - beta2 ** t)) + eps), m, v
+
+
+def test_extraadam_hand_computed_half_steps():
+    """Extra-Adam (Gidel et al. 2019, Alg. 4): the moments and the step count advance at both half-steps."""
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer('extraadam', [param], lr=0.1, betas=(0.5, 0.9), eps=1e-3, clip_mode='value', clip_threshold=3.5)
+    x, m, v, t = [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], 0
+    for _ in range(2):
+        param.grad = A * param.detach()
+        opt.extrapolate()
+        g = [max(-3.5, min(3.5, gi)) for gi in quadratic_grad(x)]
+        t += 1
+        moves = [adam_delta(g[i], m[i], v[i], t) for i in range(2)]
+        m, v = [mv[1] for mv in moves], [mv[2] for mv in moves]
+        x_tilde = [x[i] + moves[i][0] for i in range(2)]
+        assert param.tolist() == pytest.approx(x_tilde, rel=1e-5)
+        param.grad = A * param.detach()
+        opt.step()
+        g = [max(-3.5, min(3.5, gi)) for gi in quadratic_grad(x_tilde)]
+        t += 1
+        moves = [adam_delta(g[i], m[i], v[i], t) for i in range(2)]
+        m, v = [mv[1] for mv in moves], [mv[2] for mv in moves]
+        x = [x[i] + moves[i][0] for i in range(2)]
+        assert param.tolist() == pytest.approx(x, rel=1e-5)
+    assert float(opt.state[param]['step']) == 4
+
+
+def test_seg_converges_on_a_stochastic_bilinear_game_where_sgda_spirals_out():
+    """min_x max_y x^T y with Gaussian gradient noise (std 0.01), lr 0.2, 400 iterations, seeded: simultaneous
+    SGDA's |z| grows like (1 + lr^2)^(t/2); SEG (two fresh samples per iteration) contracts to the noise floor."""
+    generator = torch.Generator().manual_seed(0)
+    noise = lambda: 0.01 * torch.randn(2, generator=generator)
+
+    def play(name):
+        x, y = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+        opts = [build_optimizer(name, [p], lr=0.2) for p in (x, y)]
+        def gradients():
+            x.grad, y.grad = y.detach() + noise(), -x.detach() + noise() # y ascends x^T y.
+        for _ in range(400):
+            gradients()
+            if name == 'extrasgd':
+                for opt in opts:
+                    opt.extrapolate()
+                gradients() # Fresh samples at the extrapolated point.
+            for opt in opts:
+                opt.step()
+        return math.sqrt(float(x.detach().square().sum() + y.detach().square().sum()))
+
+    start = 2.0
+    assert play('sgd') > 100 * start
+    assert play('extrasgd') < 0.05
+
+
+def make(name, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in [(3, 2), (4,)]]
+    return params, build_optimizer(name, params, lr=0.1, clip_mode='norm', clip_threshold=1.0)
+
+
+def set_grads(params, step, bad=None):
+    generator = torch.Generator().manual_seed(100 + step)
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator)
+    if bad is not None:
+        params[0].grad[1, 0] = bad
+
+
+@pytest.mark.parametrize('name', ['extrasgd', 'extraadam'])
+def test_step_without_extrapolate_raises(name):
+    params, opt = make(name)
+    set_grads(params, 0)
+    with pytest.raises(RuntimeError, match='needs a prior extrapolate'):
+        opt.step()
+    opt.extrapolate()
+    with pytest.raises(RuntimeError, match='called twice'):
+        opt.extrapolate()
+
+
+@pytest.mark.parametrize('name', ['extrasgd', 'extraadam'])
+def test_real_iterate_shows_the_remembered_point(name):
+    params, opt = make(name)
+    x = copy.deepcopy(params)
+    with opt.real_iterate(): # Not extrapolated: no-op.
+        assert all(torch.equal(a, b) for a, b in zip(params, x))
+    set_grads(params, 0)
+    opt.extrapolate()
+    x_tilde = copy.deepcopy(params)
+    assert not torch.equal(params[0], x[0])
+    with opt.real_iterate():
+        assert all(torch.equal(a, b) for a, b in zip(params, x))
+        assert opt.is_extrapolated
+    assert all(torch.equal(a, b) for a, b in zip(params, x_tilde))
+
+
+@pytest.mark.parametrize('name', ['extrasgd', 'extraadam'])
+@pytest.mark.parametrize('save_extrapolated', [False, True])
+def test_state_dict_in_either_state_resumes_exactly(name, save_extrapolated):
+    params, opt = make(name)
+    for step in range(2):
+        set_grads(params, 2 * step)
+        opt.extrapolate()
+        set_grads(params, 2 * step + 1)
+        opt.step()
+    if save_extrapolated:
+        set_grads(params, 4)
+        opt.extrapolate()
+    saved = torch.load(_roundtrip(dict(params=params, opt=opt.state_dict())), weights_only=False)
+    resumed_params, resumed = make(name, seed=1) # Different starting values: everything comes from the save.
+    with torch.no_grad():
+        for dst, src in zip(resumed_params, saved['params']):
+            dst.copy_(src)
+    resumed.load_state_dict(saved['opt'])
+    assert resumed.is_extrapolated == save_extrapolated
+    for ps, optimizer in [(params, opt), (resumed_params, resumed)]:
+        if not save_extrapolated:
+            set_grads(ps, 4)
+            optimizer.extrapolate()
+        set_grads(ps, 5)
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, resumed_params))
+
+
+def _roundtrip(obj):
+    import io
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize('name', ['extrasgd', 'extraadam'])
+@pytest.mark.parametrize('bad', [math.nan, math.inf])
+def test_nonfinite_gradient_at_the_extrapolation_skips_the_iteration(name, bad):
+    params, opt = make(name)
+    x, state = copy.deepcopy(params), copy.deepcopy(opt.state_dict())
+    set_grads(params, 0, bad=bad)
+    opt.extrapolate()
+    assert not opt.is_extrapolated and opt.skipped_steps == 1
+    set_grads(params, 1)
+    opt.step() # Completes the skipped iteration without moving.
+    assert opt.skipped_steps == 2 and not opt.is_extrapolated
+    assert all(torch.equal(a, b) for a, b in zip(params, x))
+    assert opt.state_dict()['state'] == state['state']
+    set_grads(params, 2)
+    opt.extrapolate() # The next iteration runs normally.
+    assert opt.is_extrapolated
+
+
+@pytest.mark.parametrize('name', ['extrasgd', 'extraadam'])
+@pytest.mark.parametrize('bad', [math.nan, -math.inf])
+def test_nonfinite_gradient_at_the_update_returns_to_the_real_iterate(name, bad):
+    params, opt = make(name)
+    x = copy.deepcopy(params)
+    set_grads(params, 0)
+    opt.extrapolate()
+    state = copy.deepcopy(opt.state_dict()['state'])
+    set_grads(params, 1, bad=bad)
+    opt.step()
+    assert opt.skipped_steps == 1 and not opt.is_extrapolated and not math.isfinite(float(opt.last_grad_norm))
+    assert all(torch.equal(a, b) for a, b in zip(params, x))
+    after = opt.state_dict()['state']
+    for index, values in state.items(): # The update's state change is not made.
+        assert all(torch.equal(value, after[index][key]) for key, value in values.items())
