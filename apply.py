@@ -642,14 +642,20 @@ def inputs_of(pin: Pin) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Building a tree.
 
-def build_tree(pin: Pin, files: Files, work: Path, *, three_way: bool = False) -> None:
+@dataclasses.dataclass(frozen=True)
+class ThreeWay:
+    """--3way: hand a failing patch to `git am -3`, borrowing objects from the previous tree."""
+    previous: Path | None
+
+
+def build_tree(pin: Pin, files: Files, work: Path, *, three_way: ThreeWay | None = None) -> None:
     """Upstream commit, one commit per patch, one overlay commit, stamp: in the empty dir `work`."""
     inputs = inputs_of(pin)
     run_git(['init', '-q', f'--initial-branch={BRANCH}'], cwd=work)
     import_upstream(pin, files, work)
     patches = check_series(pin.target)
     for index, patch in enumerate(patches):
-        apply_patch(patch, work, remaining=patches[index + 1:] if three_way else None)
+        apply_patch(patch, work, three_way=three_way, remaining=patches[index + 1:])
     commit_overlays(pin.target, work)
     write_stamp(work, {'target': pin.target, **inputs, 'head': git_text(['rev-parse', 'HEAD'], work)})
 
@@ -681,19 +687,18 @@ def _quote_path(path: str) -> bytes:
     return b'"%s"' % escaped
 
 
-def apply_patch(patch: Path, work: Path, *, remaining: list[Path] | None = None) -> None:
+def apply_patch(patch: Path, work: Path, *, three_way: ThreeWay | None = None, remaining: list[Path] = ()) -> None:
     """`git apply --check` (zero fuzz), then `git am`: one commit with the patch's message.
 
-    With `remaining` (the --3way mode), a failing patch and the rest of the series are handed to
-    `git am -3`, which leaves conflict markers in `work` and resumes with `git am --continue`.
+    In --3way mode a failing patch goes to `merge_patch` instead, with the rest of the series.
     """
     check = run_git(['apply', '--check', '-v', str(patch)], cwd=work, check=False)
     if check.returncode != 0:
         error = PatchError(describe_failure(patch, check.stderr.decode(errors='replace'), work),
                            'rebase the patch on the pinned upstream (--3way keeps a conflict tree); '
                            'the destination was not touched')
-        if remaining is not None:
-            run_git(['am', '--keep-cr', '-3', str(patch), *map(str, remaining)], cwd=work, check=False)
+        if three_way is not None:
+            error.details = merge_patch(patch, remaining, work, three_way.previous)
             error.merged = True
         raise error
     applied = run_git(['am', '--keep-cr', '-q', str(patch)], cwd=work, check=False)
@@ -701,6 +706,28 @@ def apply_patch(patch: Path, work: Path, *, remaining: list[Path] | None = None)
         reason = applied.stdout.decode(errors='replace').strip() or applied.stderr.decode(errors='replace').strip()
         raise PatchError(f'patch {patch.name} passes `git apply --check` but `git am` fails: {reason.splitlines()[0]}',
                          'regenerate it with git format-patch (an empty patch or a missing mail header?)')
+
+
+def merge_patch(patch: Path, remaining: list[Path], work: Path, previous: Path | None) -> list[str]:
+    """`git am -3` of `patch` and the rest of the series; returns what it left for the maintainer.
+
+    A 3-way merge needs the blobs the patch was made against (its `index` lines). The previous
+    tree at the destination usually has them (the old upstream and the old patches), so its
+    objects are fetched first. Without them, the hunks that apply are applied and the others are
+    written to `*.rej` files.
+    """
+    if previous is not None and (previous / '.git').is_dir():
+        run_git(['fetch', '-q', '--no-tags', str(previous), 'HEAD'], cwd=work, check=False)
+    run_git(['am', '--keep-cr', '-3', str(patch), *map(str, remaining)], cwd=work, check=False)
+    conflicted = git_text(['diff', '--name-only', '--diff-filter=U'], work).splitlines()
+    if conflicted:
+        return [f'conflict markers in {path}' for path in conflicted]
+    if not (work / '.git' / 'rebase-apply').exists():
+        return ['the 3-way merge resolved every patch without conflicts']
+    run_git(['apply', '--reject', str(patch)], cwd=work, check=False)
+    rejects = sorted(path.relative_to(work).as_posix() for path in work.rglob('*.rej'))
+    return ['no 3-way merge (the blobs the patch was made against are unknown here); failed hunks are in '
+            + ', '.join(rejects)]
 
 
 _FAILED_AT = re.compile(r'^error: patch failed: (.+):(\d+)$', re.M)
@@ -931,7 +958,7 @@ def apply_target(pin: Pin, dest: Path, sources: Sources, *, force: bool, three_w
     log(f'{pin.target}: {pin.slug}@{pin.commit[:12]} from {origin} (tree {pin.tree[:12]} verified)')
     with staging_dir(dest) as work:
         try:
-            build_tree(pin, files, work, three_way=three_way)
+            build_tree(pin, files, work, three_way=ThreeWay(dest) if three_way else None)
         except PatchError as exc:
             if exc.merged:
                 exc.hint = keep_conflict_tree(pin, work, dest)
@@ -1256,7 +1283,7 @@ def validate_args(args: argparse.Namespace, pins: dict[str, Pin]) -> list[Pin]:
         raise GanpatchError('--target is required', f'valid targets: {", ".join(pins)} (or all); --list shows them')
     targets = resolve_targets(args.target, pins)
     building = not (args.check or args.status or args.diff or args.refresh)
-    if args.source is not None and len(targets) != 1:
+    if args.source is not None and (args.target.casefold() == 'all' or len(targets) != 1):
         raise GanpatchError('--source names the upstream of one target', 'give --target NAME, or use --mirror for all')
     if args.source is not None and not args.source.exists():
         raise GanpatchError(f'--source {args.source} does not exist', 'give a git repository or an archive')
