@@ -851,7 +851,7 @@ def find_local_work(tree: Path, target: str, stamp: dict) -> list[str]:
         work += [f'commit {line}' for line in log_lines] or [f'HEAD moved from {built[:12]} to {head[:12]}']
     overlays = overlay_files(target)
     for code, path in porcelain_status(tree):
-        if Path(path).name == '__pycache__' or path.endswith(SKIPPED_OVERLAY_SUFFIXES) or '__pycache__/' in path:
+        if is_skipped_overlay(Path(path)):
             continue
         if path in overlays or path.startswith(PACKAGE_DIR_IN_TREE + '/'):
             source, copy = overlays.get(path), tree / path
@@ -991,9 +991,20 @@ def check_target(pin: Pin, sources: Sources) -> int:
         work = Path(scratch) / pin.target
         work.mkdir()
         build_tree(pin, files, work)
+    for patch in check_series(pin.target):
+        if not patch_description(patch):
+            log(f'warning: {patch.relative_to(ROOT)} has no description (say why, and where it comes from: '
+                'ours, or a backport naming the upstream commit, issue or PR)')
     log(f'{pin.target}: ok: tree {pin.tree[:12]} from {origin} verified, {len(read_series(pin.target))} patches '
         f'apply at zero fuzz, {len(overlay_files(pin.target))} overlay files')
     return EXIT_OK
+
+
+def patch_description(patch: Path) -> str:
+    """The body of a format-patch mail: between the headers and the `---` line."""
+    text = patch.read_text(encoding='utf-8', errors='replace')
+    body = text.split('\n\n', 1)[1] if '\n\n' in text else ''
+    return ('\n' + body).split('\n---\n', 1)[0].strip()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1018,7 +1029,7 @@ def refresh_target(pin: Pin, tree: Path, *, force: bool) -> int:
                             'rebuild the tree first, or pass --force to overwrite patches/ with the tree')
     is_overlay = overlay_predicate(pin.target, baseline['overlays'])
     uncommitted = [f'{code} {path}' for code, path in porcelain_status(tree)
-                   if code != '!!' and not is_overlay(path) and '__pycache__/' not in path]
+                   if code != '!!' and not is_overlay(path) and not is_skipped_overlay(Path(path))]
     if uncommitted:
         raise GanpatchError(f'{display(tree)} has uncommitted changes outside the overlays',
                             'commit them (each commit becomes a patch) or discard them, then refresh again',

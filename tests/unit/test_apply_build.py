@@ -317,3 +317,12 @@ def test_github_download_reads_a_local_archive_through_urllib(demo_project, run_
     assert requested == [f'https://github.com/test/demo/archive/{upstream.commit}.tar.gz']
     assert (demo_project.cache / 'trees' / f'{upstream.tree}.tar').is_file()
     shutil.rmtree(tmp_path / 'd')
+
+
+def test_check_warns_about_a_patch_without_description(demo_project):
+    series = demo_project.root / 'patches' / 'demo' / 'series'
+    first = next(line for line in series.read_text().splitlines() if not line.startswith('#'))
+    patch = demo_project.root / 'patches' / 'demo' / first
+    patch.write_text(patch.read_text().replace('Why: a test patch (ours).\n', ''))
+    result = demo_project.run('--target', 'demo', '--source', demo_project.upstream.path, '--check', check_rc=0)
+    assert f'warning: patches/demo/{first} has no description' in result.stderr
