@@ -159,9 +159,6 @@ def measure(rank, c, temp_dir):
             loss.accumulate_gradients(phase=phase, real_img=chunk_img, real_c=chunk_c, gen_z=chunk_z, gen_c=chunk_gen_c,
                 gain=1 / len(real_img), cur_nimg=0) # Mean over the whole minibatch, whatever --batch-gpu.
         module.requires_grad_(False)
-        for param in module.parameters():
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
 
     meter = ganpatch.gradnoise.GradientNoiseMeter({phase: list(module.parameters()) for phase, module in phase_modules.items()},
         all_reduce=all_reduce if c.num_gpus > 1 else None)
