@@ -191,7 +191,8 @@ def load_lock(path: Path = LOCK_PATH) -> dict[str, Pin]:
         if missing:
             raise GanpatchError(f'{path.name}: [{target}] lacks {", ".join(missing)}', hint)
         if not _GITHUB_REPO.fullmatch(table['repo']):
-            raise GanpatchError(f'{path.name}: [{target}] repo {table["repo"]!r} is not https://github.com/OWNER/NAME', hint)
+            raise GanpatchError(f'{path.name}: [{target}] repo {table["repo"]!r} is not '
+                                'https://github.com/OWNER/NAME', hint)
         for key in ('commit', 'tree'):
             if not _HEX40.fullmatch(table[key]):
                 raise GanpatchError(f'{path.name}: [{target}] {key} must be 40 lowercase hex digits, '
@@ -315,7 +316,8 @@ def read_tar(fileobj, origin: str) -> Files:
                     raise RejectedError(f'{origin}: special file {member.name!r} (device, fifo or similar)',
                                         'an upstream tree holds only files, links and directories')
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise RejectedError(f'{origin}: not a readable tar archive ({exc})', 'check the file or fetch it again') from exc
+        raise RejectedError(f'{origin}: not a readable tar archive ({exc})',
+                            'check the file or fetch it again') from exc
     return files
 
 
@@ -337,7 +339,8 @@ def read_zip(path: Path, origin: str) -> Files:
                     raise RejectedError(f'{origin}: special file {info.filename!r}',
                                         'an upstream tree holds only files, links and directories')
     except (zipfile.BadZipFile, OSError) as exc:
-        raise RejectedError(f'{origin}: not a readable zip archive ({exc})', 'check the file or fetch it again') from exc
+        raise RejectedError(f'{origin}: not a readable zip archive ({exc})',
+                            'check the file or fetch it again') from exc
     return files
 
 
@@ -670,7 +673,8 @@ def import_upstream(pin: Pin, files: Files, work: Path) -> None:
               b'data %d\n%s\n' % (len(message), message)]
     for path in sorted(files):
         entry = files[path]
-        stream.append(b'M %s inline %s\ndata %d\n%s\n' % (entry.mode.encode(), _quote_path(path), len(entry.data), entry.data))
+        stream.append(b'M %s inline %s\ndata %d\n%s\n'
+                      % (entry.mode.encode(), _quote_path(path), len(entry.data), entry.data))
     run_git(['fast-import', '--quiet'], cwd=work, stdin=b''.join(stream))
     run_git(['tag', UPSTREAM_TAG], cwd=work)
     run_git(['reset', '-q', '--hard'], cwd=work)
@@ -1102,7 +1106,8 @@ def replay_commits(tree: Path, base: str, commits: list[str]) -> str:
             author = next(line for line in header.splitlines() if line.startswith(b'author '))
             body = b'tree %s\nparent %s\n%s\ncommitter ganpatch <ganpatch@localhost> %s\n\n%s' % (
                 new_tree.encode(), tip.encode(), author, FIXED_DATE.encode(), message)
-            tip = run_git(['hash-object', '-t', 'commit', '-w', '--stdin'], cwd=tree, stdin=body).stdout.decode().strip()
+            written = run_git(['hash-object', '-t', 'commit', '-w', '--stdin'], cwd=tree, stdin=body)
+            tip = written.stdout.decode().strip()
     finally:
         Path(index['GIT_INDEX_FILE']).unlink(missing_ok=True)
     return tip
@@ -1270,7 +1275,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     '4 upstream rejected, 5 patch does not apply, 6 local work in the destination.')
     parser.add_argument('--target', help='a target of upstream.lock (case-insensitive, aliases too) or `all`')
     parser.add_argument('--dest', type=Path, help='destination (default build/<target>; with `all`, the parent)')
-    parser.add_argument('--source', type=Path, help='git repository or .tar.gz/.zip of the pinned upstream (one target)')
+    parser.add_argument('--source', type=Path,
+                        help='git repository or .tar.gz/.zip of the pinned upstream (one target)')
     parser.add_argument('--mirror', type=Path, default=os.environ.get('GANPATCH_MIRROR') or None,
                         help='directory of git mirrors or archives (default $GANPATCH_MIRROR)')
     parser.add_argument('--offline', action='store_true', help='never use the network')

@@ -42,7 +42,8 @@ def test_builds_are_reproducible(demo_project, run_git, tmp_path):
 
 
 def test_target_names_are_case_insensitive_with_aliases(demo_project, tmp_path):
-    result = demo_project.run('--target', 'DEMO-alias', '--source', demo_project.upstream.path, '--dest', tmp_path / 'x')
+    source = demo_project.upstream.path
+    result = demo_project.run('--target', 'DEMO-alias', '--source', source, '--dest', tmp_path / 'x')
     assert result.returncode == 0, result.stderr
 
 

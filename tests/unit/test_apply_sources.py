@@ -158,5 +158,6 @@ def test_mirror_layouts_are_found(apply, run_git, demo_project, demo_upstream, t
     result = demo_project.run('--target', 'demo', '--mirror', mirror, '--offline', '--dest', tmp_path / 'out')
     assert result.returncode == 0, result.stderr
     assert 'test/demo.git' in result.stderr
-    names = [path.relative_to(mirror).as_posix() for path in apply.mirror_candidates(mirror, pin_for(apply, demo_upstream))]
+    candidates = apply.mirror_candidates(mirror, pin_for(apply, demo_upstream))
+    names = [path.relative_to(mirror).as_posix() for path in candidates]
     assert names == ['test/demo.git']
