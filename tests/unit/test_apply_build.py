@@ -327,3 +327,15 @@ def test_check_warns_about_a_patch_without_description(demo_project):
     patch.write_text(patch.read_text().replace('Why: a test patch (ours).\n', ''))
     result = demo_project.run('--target', 'demo', '--source', demo_project.upstream.path, '--check', check_rc=0)
     assert f'warning: patches/demo/{first} has no description' in result.stderr
+
+
+def test_target_all_builds_every_target_under_dest_and_reports_each_failure(demo_project, tmp_path):
+    lock = demo_project.root / 'upstream.lock'
+    lock.write_text(lock.read_text() + lock.read_text().replace('[demo]', '[second]').replace('Demo-Alias', 'S'))
+    (demo_project.root / 'patches' / 'second').mkdir()
+    (demo_project.root / 'patches' / 'second' / 'series').write_text('0001-missing.patch\n')
+    demo_project.build(tmp_path / 'warm-the-cache')
+    result = demo_project.run('--target', 'all', '--offline', '--dest', tmp_path / 'all')
+    assert result.returncode == EXIT_ERROR
+    assert 'error: second: patches/second/series lists 0001-missing.patch' in result.stderr
+    assert (tmp_path / 'all' / 'demo' / 'ganpatch').is_dir() and not (tmp_path / 'all' / 'second').exists()
