@@ -12,14 +12,14 @@ NO_BMC = (0.0, 0.0, 1.0)
 
 
 def test_wgan_without_bmc_stays_on_an_orbit():
-    converged, norms, _ = dirac.simulate([NO_BMC], [0], 10000, record=True)
+    converged, _, norms, _ = dirac.simulate([NO_BMC], [0], 10000, record=True)
     assert math.isinf(converged[0, 0])
     assert norms[0, 0, 0] == pytest.approx(math.sqrt(2))
     assert 0.95 * math.sqrt(2) < norms.min() and norms.max() < 1.1 * math.sqrt(2) # Alternating SGD: a closed orbit.
 
 
 def test_simultaneous_wgan_spirals_out_at_the_exact_rate():
-    _, norms, _ = dirac.simulate([NO_BMC], [0], 100, update='simultaneous', lr=0.1, record=True)
+    norms = dirac.simulate([NO_BMC], [0], 100, update='simultaneous', lr=0.1, record=True).norms
     k = np.arange(101)
     np.testing.assert_allclose(norms[0, 0], math.sqrt(2) * (1 + 0.1 ** 2) ** (k / 2), rtol=1e-12)
 
@@ -28,14 +28,15 @@ def test_bmc_with_rho1_0_1_converges_within_5000_iterations():
     """Bound: with rho1 = 0.1, rho2 = 0.01, beta = 1 (authors' discretization, WGAN, alternating SGD lr 0.1),
     each of seeds 0-7 has ||X|| < 1e-3 from iteration 5000 on, through 10000 iterations (seeds 0-63 all did
     within 5635 iterations, median 1516)."""
-    converged, _ = dirac.simulate([(0.1, 0.01, 1.0)], range(8), 10000)
-    assert np.all(converged <= 5000), converged
+    runs = dirac.simulate([(0.1, 0.01, 1.0)], range(8), 10000)
+    assert np.all(runs.converged <= 5000), runs.converged
+    assert np.all(runs.first_below <= runs.converged)
 
 
 @pytest.mark.parametrize('scheme', ['authors', 'euler-maruyama'])
 def test_one_iteration_by_hand(scheme):
     rho1, rho2, beta, lr, seed = 0.3, 0.2, 2.0, 0.1, 5
-    _, _, path = dirac.simulate([(rho1, rho2, beta)], [seed], 1, lr=lr, scheme=scheme, record=True)
+    path = dirac.simulate([(rho1, rho2, beta)], [seed], 1, lr=lr, scheme=scheme, record=True).trajectory
     b1, b2 = dirac.brownian_increments(seed, 1)[0]
     phi, theta = 1.0, 1.0
     theta_sgd = theta + lr * phi              # G first: theta' = phi.
@@ -49,7 +50,7 @@ def test_one_iteration_by_hand(scheme):
 
 
 def test_nonsaturating_step_by_hand():
-    _, _, path = dirac.simulate([NO_BMC], [0], 1, loss='ns', lr=0.5, start=(0.5, 2.0), record=True)
+    path = dirac.simulate([NO_BMC], [0], 1, loss='ns', lr=0.5, start=(0.5, 2.0), record=True).trajectory
     sigmoid = lambda t: 1 / (1 + math.exp(-t))
     theta = 2.0 + 0.5 * 0.5 * sigmoid(-0.5 * 2.0)   # G: -log s(phi theta), descended.
     phi = 0.5 - 0.5 * theta * sigmoid(0.5 * theta)  # D: log s(-phi theta), ascended.
@@ -57,18 +58,19 @@ def test_nonsaturating_step_by_hand():
 
 
 def test_seeds_are_common_random_numbers():
-    alone, _ = dirac.simulate([(0.1, 0.01, 1.0)], [3], 3000)
-    in_grid, _ = dirac.simulate([(0.01, 0.01, 2.0), (0.1, 0.01, 1.0)], [1, 3], 3000)
+    alone = dirac.simulate([(0.1, 0.01, 1.0)], [3], 3000).converged
+    in_grid = dirac.simulate([(0.01, 0.01, 2.0), (0.1, 0.01, 1.0)], [1, 3], 3000).converged
     assert alone[0, 0] == in_grid[1, 1]
 
 
 def test_table_on_a_reduced_grid(capsys):
     dirac.main(['--table', '--rho1', '0.1,0.001', '--rho2', '0.01', '--beta', '1', '--seeds', '3', '--iterations', '3000', '--tol', '1e-3'])
     out = capsys.readouterr().out
-    expected, _ = dirac.simulate([(0.1, 0.01, 1.0)], range(3), 3000)
+    expected = dirac.simulate([(0.1, 0.01, 1.0)], range(3), 3000)
     assert 'tol = 0.001' in out and 'median over 3 seeds: 0..2' in out
-    assert f'{int(np.median(expected))} [3/3] | 400' in out          # Ours next to the paper's Table 2.
-    assert '>3000 [0/3] | 40000' in out                               # rho1 = 0.001 does not converge here.
+    cell = f'{int(np.median(expected.converged))} ({int(np.median(expected.first_below))}) [3/3] | 400'
+    assert cell in out                                                # Ours next to the paper's Table 2.
+    assert '>3000 (>3000) [0/3] | 40000' in out                       # rho1 = 0.001 does not converge here.
 
 
 def test_figure_is_written(tmp_path, capsys):

@@ -25,6 +25,7 @@ import argparse
 import math
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,6 +54,15 @@ def brownian_increments(seed, count):
     return np.random.default_rng(seed).standard_normal((count, 2))
 
 
+class DiracRuns(NamedTuple):
+    """Result of `simulate`, indexed [config, seed] (and iteration k = 0..iterations for the recorded arrays)."""
+    converged: np.ndarray          # First iteration after which ||X|| < tol to the end; np.inf if not (or diverged).
+    first_below: np.ndarray        # First iteration with ||X|| < tol (np.inf if none): shows how much the
+                                   # "stays below" definition adds.
+    norms: np.ndarray = None       # ||X_k||, with record=True.
+    trajectory: np.ndarray = None  # X_k = (phi_k, theta_k), with record=True.
+
+
 def _sigmoid(t):
     return 0.5 * (1 + np.tanh(0.5 * t))
 
@@ -73,10 +83,10 @@ def simulate(configs, seeds, iterations, *, lr=0.1, loss='wgan', update='alterna
              start=(1.0, 1.0), record=False):
     """Run every (rho1, rho2, beta) in `configs` for every seed, vectorized over both.
 
-    Returns (converged, norms): converged[c, s] is the first iteration after which ||X|| stays below `tol`
-    (np.inf if ||X|| is not below tol at the end, or the run diverged), and with `record` norms[c, s, k] = ||X_k||
-    plus the trajectories as a third value, X[c, s, k] = (phi_k, theta_k), k = 0..iterations. Without `record`
-    the run stops early once every ||X|| < 1e-6 tol (from there a return above tol has probability ~1e-6).
+    Returns a `DiracRuns`. converged[c, s] is the first iteration after which ||X|| stays below `tol` (np.inf if
+    ||X|| is not below tol at the end, or the run diverged). With `record`, also ||X_k|| and X_k for k = 0..iterations.
+    Without `record` the run stops early once every ||X|| < 1e-6 tol (with the controller's multiplicative noise,
+    a return above tol from there has probability ~1e-6).
     """
     _check_choice('loss', loss, LOSSES)
     _check_choice('update', update, UPDATES)
@@ -87,7 +97,8 @@ def simulate(configs, seeds, iterations, *, lr=0.1, loss='wgan', update='alterna
     noise_scale = 1.0 if scheme == 'authors' else math.sqrt(lr)
     sign2 = -1.0 if scheme == 'authors' else 1.0
     phi, theta = np.full(rows, float(start[0])), np.full(rows, float(start[1]))
-    last_above = np.zeros(rows) # Iteration 0 is above tol for every start we use; checked below.
+    last_above = np.zeros(rows) # Iteration 0 is above tol: checked below.
+    first_below = np.full(rows, np.inf)
     if math.hypot(*start) < tol:
         raise ValueError(f'The start {start} is already within tol = {tol}')
     if record:
@@ -106,17 +117,20 @@ def simulate(configs, seeds, iterations, *, lr=0.1, loss='wgan', update='alterna
                 phi, theta = phi_next + gain * phi, theta_next + gain * theta
                 iteration = block_start + k + 1
                 norm = np.sqrt(phi * phi + theta * theta)
-                last_above[~(norm < tol)] = iteration # NaN / inf count as above.
+                below = norm < tol # NaN / inf count as above.
+                last_above[~below] = iteration
+                first_below[below & (first_below == np.inf)] = iteration
                 if record:
                     trajectory[iteration, :, 0], trajectory[iteration, :, 1] = phi, theta
             if not record and np.all((norm < 1e-6 * tol) | ~np.isfinite(norm)):
                 break
     final = np.sqrt(phi * phi + theta * theta)
-    converged = np.where(final < tol, last_above + 1, np.inf).reshape(len(configs), len(seeds))
+    shape = (len(configs), len(seeds))
+    converged = np.where(final < tol, last_above + 1, np.inf).reshape(shape)
     if not record:
-        return converged, None
-    trajectory = trajectory.transpose(1, 0, 2).reshape(len(configs), len(seeds), iterations + 1, 2)
-    return converged, np.sqrt((trajectory ** 2).sum(-1)), trajectory
+        return DiracRuns(converged, first_below.reshape(shape))
+    trajectory = trajectory.transpose(1, 0, 2).reshape(shape + (iterations + 1, 2))
+    return DiracRuns(converged, first_below.reshape(shape), np.sqrt((trajectory ** 2).sum(-1)), trajectory)
 
 
 def _check_choice(name, value, choices):
@@ -137,24 +151,25 @@ def convergence_table(rho1s, rho2s, betas, seeds, iterations, *, lr=0.1, loss='w
     {(beta, rho1, rho2): median} (np.inf when at most half of the seeds converged)."""
     configs = [(rho1, rho2, beta) for beta in betas for rho1 in rho1s for rho2 in rho2s]
     started = time.monotonic()
-    converged, _ = simulate(configs, seeds, iterations, lr=lr, loss=loss, update=update, scheme=scheme, tol=tol)
+    runs = simulate(configs, seeds, iterations, lr=lr, loss=loss, update=update, scheme=scheme, tol=tol)
     medians = {}
     log(f'Dirac-GAN + BMC: iterations until ||X|| stays below tol = {tol:g} (median over {len(seeds)} seeds: '
         f'{_describe_seeds(seeds)}; >{iterations} = not within the {iterations} simulated iterations)')
     log(f'loss={loss}, update={update}, scheme={scheme}, lr={lr:g}, start (phi, theta) = (1, 1), data point c = 0. '
-        f'Cell: ours [seeds converged] | paper (>{PAPER_HORIZON} there = not within {PAPER_HORIZON}).')
+        f'Cell: ours (median first iteration below tol) [seeds converged] | paper (>{PAPER_HORIZON} there = not within {PAPER_HORIZON}).')
     for beta in betas:
         header = [f'beta = {beta:g}'] + [f'rho2 = {rho2:g}' for rho2 in rho2s]
         lines = [header]
         for rho1 in rho1s:
             cells = [f'rho1 = {rho1:g}']
             for rho2 in rho2s:
-                row = converged[configs.index((rho1, rho2, beta))]
+                row = runs.converged[configs.index((rho1, rho2, beta))]
                 median = float(np.median(row))
+                first = format_iterations(float(np.median(runs.first_below[configs.index((rho1, rho2, beta))])), iterations)
                 medians[(beta, rho1, rho2)] = median
                 paper = PAPER_ITERATIONS.get((float(beta), float(rho1), float(rho2)), 'n/a')
                 paper = f'>{PAPER_HORIZON}' if paper is None else str(paper)
-                cells.append(f'{format_iterations(median, iterations)} [{int(np.isfinite(row).sum())}/{len(seeds)}] | {paper}')
+                cells.append(f'{format_iterations(median, iterations)} ({first}) [{int(np.isfinite(row).sum())}/{len(seeds)}] | {paper}')
             lines.append(cells)
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         log('')
@@ -179,7 +194,7 @@ def plot_figure(path, *, rho1=0.1, rho2=0.01, beta=1.0, iterations=3000, seed=0,
     [-2, 2]^2 (theta on x, phi on y, as in the paper), and ||X_k|| of both over the iterations."""
     from matplotlib.figure import Figure
 
-    converged, norms, paths = simulate([(0.0, 0.0, beta), (rho1, rho2, beta)], [seed], iterations, lr=lr, loss=loss,
+    converged, _, norms, paths = simulate([(0.0, 0.0, beta), (rho1, rho2, beta)], [seed], iterations, lr=lr, loss=loss,
         update=update, scheme=scheme, tol=tol, record=True)
     fig = Figure(figsize=(16, 5))
     axes = fig.subplots(1, 3)
@@ -250,7 +265,7 @@ def parse_args(argv):
     table.add_argument('--rho1', type=_float_list, default=[0.1, 0.01, 0.001], metavar='LIST')
     table.add_argument('--rho2', type=_float_list, default=[1e-4, 1e-3, 1e-2], metavar='LIST')
     table.add_argument('--beta', type=_float_list, default=[2.0, 1.0], metavar='LIST')
-    table.add_argument('--seeds', type=_positive(int), default=8, help='number of seeds')
+    table.add_argument('--seeds', type=_positive(int), default=32, help='number of seeds')
     table.add_argument('--seed', type=int, default=0, help='first seed')
     table.add_argument('--iterations', type=_positive(int), default=PAPER_HORIZON, help='iterations simulated per run')
     figure = parser.add_argument_group('figure')
