@@ -656,9 +656,7 @@ def build_tree(pin: Pin, files: Files, work: Path, *, three_way: ThreeWay | None
     inputs = inputs_of(pin)
     run_git(['init', '-q', f'--initial-branch={BRANCH}'], cwd=work)
     import_upstream(pin, files, work)
-    patches = check_series(pin.target)
-    for index, patch in enumerate(patches):
-        apply_patch(patch, work, three_way=three_way, remaining=patches[index + 1:])
+    apply_series(check_series(pin.target), work, three_way)
     commit_overlays(pin.target, work)
     write_stamp(work, {'target': pin.target, **inputs, 'head': git_text(['rev-parse', 'HEAD'], work)})
 
@@ -675,7 +673,9 @@ def import_upstream(pin: Pin, files: Files, work: Path) -> None:
         entry = files[path]
         stream.append(b'M %s inline %s\ndata %d\n%s\n'
                       % (entry.mode.encode(), _quote_path(path), len(entry.data), entry.data))
-    run_git(['fast-import', '--quiet'], cwd=work, stdin=b''.join(stream))
+    # No compression or delta search: most of the bytes are already-compressed images.
+    run_git(['-c', 'pack.compression=0', 'fast-import', '--quiet', '--big-file-threshold=1'],
+            cwd=work, stdin=b''.join(stream))
     run_git(['tag', UPSTREAM_TAG], cwd=work)
     run_git(['reset', '-q', '--hard'], cwd=work)
     imported = git_text(['rev-parse', 'HEAD^{tree}'], work)
@@ -689,6 +689,22 @@ def _quote_path(path: str) -> bytes:
     raw = path.encode('utf-8', 'surrogateescape')
     escaped = b''.join(b'\\%03o' % byte if byte < 0x20 or byte in b'"\\' else bytes([byte]) for byte in raw)
     return b'"%s"' % escaped
+
+
+def apply_series(patches: list[Path], work: Path, three_way: ThreeWay | None) -> None:
+    """The whole series checked by one `git apply --check` and applied by one `git am`.
+
+    `git apply` checks patches that touch the same file in sequence, so this is the same test as
+    checking them one by one, in two processes instead of two per patch. When it fails, the
+    patches are checked and applied one by one to find the failing one and describe it.
+    """
+    names = list(map(str, patches))
+    if names and run_git(['apply', '--check', *names], cwd=work, check=False).returncode == 0:
+        if run_git(['am', '--keep-cr', '-q', *names], cwd=work, check=False).returncode == 0:
+            return
+        run_git(['am', '--abort'], cwd=work)
+    for index, patch in enumerate(patches):
+        apply_patch(patch, work, three_way=three_way, remaining=patches[index + 1:])
 
 
 def apply_patch(patch: Path, work: Path, *, three_way: ThreeWay | None = None, remaining: list[Path] = ()) -> None:
