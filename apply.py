@@ -27,8 +27,9 @@ Building (`build_tree`), always in a fresh directory beside the destination:
 
 1. `git init`; the pristine tree is imported with `git fast-import` (exact bytes, no filters)
    as one commit under a fixed identity and date, tagged `upstream`;
-2. each patch of `patches/<target>/series` is checked with `git apply --check` (zero fuzz) and
-   applied with `git am`, so it becomes one commit with the patch's subject and description;
+2. the patches of `patches/<target>/series` are checked with `git apply --check` (zero fuzz, in
+   order, all before any is applied) and applied with `git am`: one commit per patch, with the
+   patch's subject and description;
 3. `overlays/common/ganpatch/` is copied to `ganpatch/` and `overlays/<target>/` to the tree
    root, as one commit with the subject `ganpatch: overlays`, tagged `ganpatch-overlays`;
 4. a stamp, `.git/ganpatch-stamp.json`, records the lock entry, the sha256 of every patch and
@@ -410,13 +411,14 @@ def match_tree(files: Files, pin: Pin, origin: str) -> Files:
         top = tops.pop()
         candidates.append({path[len(top) + 1:]: entry for path, entry in files.items()})
     candidates.append(files)
-    found = None
+    found = []
     for candidate in candidates:
-        found = tree_id(candidate)
-        if found == pin.tree:
+        found.append(tree_id(candidate))
+        if found[-1] == pin.tree:
             check_safe(candidate, origin)
             return candidate
-    raise RejectedError(f'{origin}: tree id {found} does not match the lock ({pin.tree}) for {pin.slug}@{pin.commit}',
+    raise RejectedError(f'{origin}: tree id {found[0]} does not match the lock ({pin.tree}) '
+                        f'for {pin.slug}@{pin.commit}',
                         'the source is not the pinned commit or was altered; nothing was cached or written')
 
 
