@@ -167,7 +167,8 @@ def measure(rank, c, temp_dir):
     ganpatch.gradnoise.measure_gradient_noise(meter, compute_gradient, c.num_batches, mode=c.mode, log=log)
     if rank == 0:
         stats = meter.save(c.run_dir)
-        print(json.dumps(stats, indent=2, default=float))
+        if stats:
+            print(json.dumps(stats, indent=2))
         print(f'Results in {c.run_dir}')
 
 #----------------------------------------------------------------------------
