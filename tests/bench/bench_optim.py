@@ -10,6 +10,7 @@ Ratios printed (goals from issue 3):
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -83,7 +84,8 @@ def main():
 
     numel = sum(torch.Size(shape).numel() for shape in SHAPES)
     print(f'{numel / 1e6:.1f}M parameters in {len(SHAPES)} tensors, {device}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats')
+          f'{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats, '
+          f'load average {os.getloadavg()[0]:.1f} (other processes make CPU ratios noisy)')
     for name, value in median.items():
         print(f'  {name:36s} {value * 1e3:8.2f} ms')
     seg_iteration = median['ours ExtraSGD extrapolate (norm)'] + median['ours ExtraSGD step (norm)']
