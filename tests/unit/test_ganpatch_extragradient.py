@@ -203,3 +203,22 @@ def test_nonfinite_gradient_at_the_update_returns_to_the_real_iterate(name, bad)
     after = opt.state_dict()['state']
     for index, values in state.items(): # The update's state change is not made.
         assert all(torch.equal(value, after[index][key]) for key, value in values.items())
+
+
+@pytest.mark.parametrize('name', ['sgd', 'extrasgd', 'extraadam'])
+def test_deepcopy_keeps_the_clip_settings_and_the_remembered_iterate(name):
+    params, opt = make(name)
+    set_grads(params, 0)
+    if name == 'sgd':
+        opt.step()
+    else:
+        opt.extrapolate()
+    clone = copy.deepcopy(dict(params=params, opt=opt))
+    assert (clone['opt'].clip_mode, clone['opt'].clip_threshold, clone['opt'].skipped_steps) == ('norm', 1.0, 0)
+    if name != 'sgd':
+        assert clone['opt'].is_extrapolated
+        set_grads(params, 1)
+        set_grads(clone['params'], 1)
+        opt.step()
+        clone['opt'].step()
+        assert all(torch.equal(a, b) for a, b in zip(params, clone['params']))

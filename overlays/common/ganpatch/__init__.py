@@ -4,6 +4,6 @@ Submodules (import the one you need; `import ganpatch` itself imports nothing he
   clip       per-network gradient clipping (norm / value)
   optim      clipped SGD / Adam and their stochastic-extragradient versions, `build_optimizer`
   bmc        Brownian Motion Controller loss terms and sampler
-  gradnoise  heavy-tailed gradient-noise measurements and statistics
+  gradnoise  heavy-tailed gradient-noise measurements and statistics (plots: gradnoise_plot)
   dirac      Dirac-GAN study of BMC (`python -m ganpatch.dirac --figure/--table`)
 """

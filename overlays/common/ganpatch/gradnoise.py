@@ -171,10 +171,10 @@ def measure_gradient_noise(meter, compute_gradient, num_batches, mode='both', lo
         raise RuntimeError('mode=stochastic needs the full gradients: call meter.load_full(run_dir) first')
     passes = []
     if mode in ('full', 'both'):
-        passes.append(('pass 1 (mean gradient)', meter.add_full))
+        passes.append(('pass 1 (mean gradient)', meter.add_full, meter.finish_full))
     if mode in ('stochastic', 'both'):
-        passes.append(('pass 2 (noise norms)', meter.add_stochastic))
-    for title, add in passes:
+        passes.append(('pass 2 (noise norms)', meter.add_stochastic, None))
+    for title, add, finish in passes:
         log(f'Gradient noise, {title}: {num_batches} minibatches x phases {", ".join(meter.phases)}')
         progress = _Progress(title, num_batches, log)
         for _ in range(num_batches):
@@ -182,8 +182,8 @@ def measure_gradient_noise(meter, compute_gradient, num_batches, mode='both', lo
                 compute_gradient(phase)
                 add(phase)
             progress.advance()
-        if add == meter.add_full:
-            meter.finish_full()
+        if finish is not None:
+            finish()
 
 
 class _Progress:

@@ -46,6 +46,8 @@ class ClippedOptimizer(torch.optim.Optimizer):
         skipped_steps: how many calls were skipped because of a NaN/inf gradient.
     """
 
+    _pickled_attributes = ('clip_mode', 'clip_threshold', 'last_grad_norm', 'skipped_steps')
+
     def __init__(self, params, defaults, clip_mode='none', clip_threshold=None):
         check_clip_args(clip_mode, clip_threshold)
         super().__init__(params, defaults)
@@ -53,6 +55,11 @@ class ClippedOptimizer(torch.optim.Optimizer):
         self.clip_threshold = clip_threshold
         self.last_grad_norm = None
         self.skipped_steps = 0
+
+    def __getstate__(self): # torch.optim.Optimizer pickles only defaults, state and param_groups.
+        state = super().__getstate__()
+        state.update({name: getattr(self, name) for name in self._pickled_attributes})
+        return state
 
     def _clip(self):
         """Clip this step's gradients; return the factor to fold into the update, or None to skip the step."""
@@ -196,6 +203,8 @@ class Extragradient:
     - `state_dict()` holds the remembered real iterate while extrapolated, so saving the model (at x~) and the
       optimizer in either state and loading both restores the run exactly.
     """
+
+    _pickled_attributes = ClippedOptimizer._pickled_attributes + ('_real_params', '_half_step')
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
