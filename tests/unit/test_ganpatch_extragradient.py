@@ -222,3 +222,18 @@ def test_deepcopy_keeps_the_clip_settings_and_the_remembered_iterate(name):
         opt.step()
         clone['opt'].step()
         assert all(torch.equal(a, b) for a, b in zip(params, clone['params']))
+
+
+def test_lr_scheduler_drives_both_half_steps():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer('extrasgd', [param], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 10) # Linear decay, as WGAN-GP.
+    for step in range(3):
+        start = param.item()
+        param.grad = torch.ones(1)
+        opt.extrapolate()
+        assert param.item() == pytest.approx(start - (1 - step / 10)) # The scheduled lr at the extrapolation...
+        param.grad = torch.ones(1)
+        opt.step()
+        scheduler.step()
+    assert param.item() == pytest.approx(-(1.0 + 0.9 + 0.8)) # ...and at the update.
