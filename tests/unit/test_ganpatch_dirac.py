@@ -86,3 +86,9 @@ def test_bad_command_lines_exit_before_any_work(argv, capsys):
     with pytest.raises(SystemExit) as excinfo:
         dirac.main(argv)
     assert excinfo.value.code == 2 and 'error' in capsys.readouterr().err
+
+
+def test_table_shows_the_paper_only_for_its_wgan_setting(capsys):
+    dirac.main(['--table', '--loss', 'ns', '--rho1', '0.1', '--rho2', '0.01', '--beta', '1', '--seeds', '1', '--iterations', '500'])
+    out = capsys.readouterr().out
+    assert 'loss=ns' in out and '| n/a' in out and '| 400' not in out

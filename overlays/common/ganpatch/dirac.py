@@ -167,7 +167,7 @@ def convergence_table(rho1s, rho2s, betas, seeds, iterations, *, lr=0.1, loss='w
                 median = float(np.median(row))
                 first = format_iterations(float(np.median(runs.first_below[configs.index((rho1, rho2, beta))])), iterations)
                 medians[(beta, rho1, rho2)] = median
-                paper = PAPER_ITERATIONS.get((float(beta), float(rho1), float(rho2)), 'n/a')
+                paper = PAPER_ITERATIONS.get((float(beta), float(rho1), float(rho2)), 'n/a') if loss == 'wgan' else 'n/a' # The paper's tables are WGAN.
                 paper = f'>{PAPER_HORIZON}' if paper is None else str(paper)
                 cells.append(f'{format_iterations(median, iterations)} ({first}) [{int(np.isfinite(row).sum())}/{len(seeds)}] | {paper}')
             lines.append(cells)
