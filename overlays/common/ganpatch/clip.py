@@ -17,6 +17,9 @@ import torch
 
 CLIP_MODES = ('none', 'norm', 'value')
 
+# Splits parallel tensor lists by (device, dtype), so that each torch._foreach_* call takes its fast path.
+group_by_device_and_dtype = torch.optim.Optimizer._group_tensors_by_device_and_dtype
+
 
 def check_clip_args(mode, threshold):
     """Raise ValueError unless (mode, threshold) is a valid clipping setting."""
@@ -45,7 +48,7 @@ def global_grad_norm(grads):
     if len(grads) == 0:
         return torch.tensor(0.0)
     norms = []
-    for (device, _dtype), ([device_grads], _) in torch.optim.Optimizer._group_tensors_by_device_and_dtype([grads]).items():
+    for [device_grads], _ in group_by_device_and_dtype([grads]).values():
         norms.extend(torch._foreach_norm(device_grads, 2.0))
     first_device = grads[0].device
     total = torch.linalg.vector_norm(torch.stack([norm.to(first_device, torch.float32) for norm in norms]))
@@ -67,14 +70,14 @@ def norm_clip_scale(norm, threshold):
 
 def clamp_(grads, threshold):
     """Coordinate clipping in place: every entry to [-threshold, threshold]."""
-    for (_device, _dtype), ([device_grads], _) in torch.optim.Optimizer._group_tensors_by_device_and_dtype([grads]).items():
+    for [device_grads], _ in group_by_device_and_dtype([grads]).values():
         torch._foreach_clamp_min_(device_grads, -threshold)
         torch._foreach_clamp_max_(device_grads, threshold)
 
 
 def scale_(grads, scale):
     """Multiply every gradient by the Python number `scale`, in place."""
-    for (_device, _dtype), ([device_grads], _) in torch.optim.Optimizer._group_tensors_by_device_and_dtype([grads]).items():
+    for [device_grads], _ in group_by_device_and_dtype([grads]).values():
         torch._foreach_mul_(device_grads, scale)
 
 

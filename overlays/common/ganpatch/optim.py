@@ -20,11 +20,9 @@ import math
 
 import torch
 
-from ganpatch.clip import check_clip_args, clamp_, global_grad_norm, norm_clip_scale
+from ganpatch.clip import check_clip_args, clamp_, global_grad_norm, group_by_device_and_dtype, norm_clip_scale
 
 OPTIMIZERS = ('adam', 'sgd', 'extrasgd', 'extraadam')
-
-_group_by_device_and_dtype = torch.optim.Optimizer._group_tensors_by_device_and_dtype
 
 
 def _params_with_grad(group):
@@ -106,7 +104,7 @@ class ClippedSGD(ClippedOptimizer):
             params, grads = _params_with_grad(group)
             lr, momentum, weight_decay = group['lr'], group['momentum'], group['weight_decay']
             bufs = [self.state[param].get('momentum_buffer') for param in params]
-            for (device_params, device_grads, device_bufs), indices in _group_by_device_and_dtype([params, grads, bufs], with_indices=True).values():
+            for (device_params, device_grads, device_bufs), indices in group_by_device_and_dtype([params, grads, bufs], with_indices=True).values():
                 if momentum == 0 and weight_decay == 0:
                     torch._foreach_add_(device_params, device_grads, alpha=-lr * scale) # The clip folded in.
                     continue
@@ -162,7 +160,7 @@ class ClippedAdam(ClippedOptimizer):
             states = [self._state_of(param) for param in params]
             tensors = [params, grads, [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states], [s['step'] for s in states]]
             lr, (beta1, beta2), eps, weight_decay = group['lr'], group['betas'], group['eps'], group['weight_decay']
-            for (device_params, device_grads, exp_avgs, exp_avg_sqs, steps), _ in _group_by_device_and_dtype(tensors).values():
+            for (device_params, device_grads, exp_avgs, exp_avg_sqs, steps), _ in group_by_device_and_dtype(tensors).values():
                 torch._foreach_add_(steps, one, alpha=1.0)
                 grad_scale = scale
                 if weight_decay != 0:
@@ -225,7 +223,7 @@ class Extragradient:
         return [param for group in self.param_groups for param in group['params']]
 
     def _copy_(self, dst, src):
-        for (device_dst, device_src), _ in _group_by_device_and_dtype([dst, src]).values():
+        for (device_dst, device_src), _ in group_by_device_and_dtype([dst, src]).values():
             torch._foreach_copy_(device_dst, device_src)
 
     @torch.no_grad()
