@@ -1,0 +1,397 @@
+"""CPU smoke runs of the patched pytorch-gan-collections tree: wgangp.py, sngan.py, dcgan.py and the seed's commands.
+
+Everything trains on a tiny generated CIFAR-10 copy (`cifar-10-batches-py` holding random uint8 images,
+read offline by torchvision's CIFAR-10 reader) with the cnn32 networks at batch 4 for one step.
+Importing torch and torchvision costs about 6 CPU seconds per process, so all wgangp.py runs share
+one driver process (`DRIVER`: absl parses each job's argv, then wgangp.main runs, as app.run does);
+sngan.py, dcgan.py and the seed's --evaluate command run through the real command line.
+
+Finite losses are checked by the patched scripts themselves: they stop with a message on a NaN or
+infinite loss (`test_nan_loss_stops_the_run` shows that they do).
+"""
+
+import importlib.util
+import json
+import os
+import pickle
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = ('--arch=cnn32 --batch_size=4 --n_dis=1 --total_steps=1 --sample_size=4 --norecord --num_workers=0 '
+        '--device=cpu').split()
+SGD_NORM = '--opt=sgd --lr_G=0.01 --lr_D=0.01 --clip_mode=norm --clip_G=1 --clip_D=1'.split()
+
+WGANGP_RUNS = {  # name -> extra wgangp.py options
+    'adam': [],
+    'sgd-norm': SGD_NORM,
+    'extrasgd-value': '--opt=extrasgd --lr_G=0.01 --lr_D=0.01 --clip_mode=value --clip_G=0.01 --clip_D=0.01 '
+                      '--n_dis=2'.split(),
+    'extraadam': ['--opt=extraadam'],
+    'bmc-D': ['--bmc=D'],
+}
+CLI_RUNS = {'sngan-sgd-norm': 'sngan.py', 'dcgan-sgd-norm': 'dcgan.py'}  # with SGD_NORM
+
+# Runs wgangp.py jobs in one process. For each job: parse its argv with absl, run wgangp.main,
+# record the calls that show how minibatches and optimizer calls pair up, and whether --evaluate
+# left the networks equal to the checkpoint; print one JSON line per job.
+DRIVER = r'''
+import json, sys, time
+import torch
+from absl import flags
+import ganpatch.optim
+import wgangp
+
+FLAGS = flags.FLAGS
+events, nets = [], []
+
+def trace(owner, name, label):
+    original = getattr(owner, name)
+    def traced(*args, **kwargs):
+        events.append(label)
+        return original(*args, **kwargs)
+    setattr(owner, name, traced)
+
+trace(wgangp, 'loss_D', 'loss_D')
+trace(wgangp, 'loss_G', 'loss_G')
+trace(ganpatch.optim.Extragradient, 'extrapolate', 'extrapolate')
+trace(ganpatch.optim.Extragradient, 'step', 'step')
+infiniteloop = wgangp.infiniteloop
+def traced_loop(dataloader):
+    for images in infiniteloop(dataloader):
+        events.append('real')
+        yield images
+wgangp.infiniteloop = traced_loop
+for models in [wgangp.net_G_models, wgangp.net_D_models]:
+    for arch, cls in list(models.items()):
+        models[arch] = lambda *args, cls=cls: nets.append(cls(*args)) or nets[-1]
+
+for name, argv in json.loads(sys.argv[1]):
+    events.clear()
+    nets.clear()
+    error, unchanged = None, None
+    start = time.process_time()
+    try:
+        FLAGS.unparse_flags()
+        FLAGS(['wgangp.py', *argv])
+        wgangp.main(['wgangp.py'])
+    except (flags.Error, SystemExit) as exc:
+        error = ' '.join(str(exc).split())
+    if error is None and FLAGS.evaluate:
+        checkpoint = torch.load(FLAGS.pretrain, map_location='cpu', weights_only=True)
+        unchanged = all(torch.equal(value, checkpoint[key][name].cpu())
+                        for key, net in zip(['net_G', 'net_D'], nets) for name, value in net.state_dict().items())
+    print('JOB ' + json.dumps({'name': name, 'error': error, 'events': events, 'unchanged': unchanged,
+                               'cpu_s': time.process_time() - start}), flush=True)
+'''
+
+# The seed README's WGAN-GP commands (000_*.txt), verbatim.
+SEED_TRAIN_COMMANDS = {
+    'reproduce': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
+        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
+        --logdir=./logs/wgangp \
+        --opt=sgd \
+        --lr_D=0.02 \
+        --lr_G=0.02 \
+        --clip_mode=value  \
+        --clip_G=0.01 \
+        --clip_D=0.01 \
+        --desc='reproduce'
+''',
+    'sgda': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
+        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
+        --logdir=./logs/wgangp \
+        --opt=sgd \
+        --lr_D=0.0004 \
+        --lr_G=0.0002 \
+        --desc='sgda'
+''',
+    'clipnorm-sgda': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
+        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
+        --logdir=./logs/wgangp \
+        --opt=sgd \
+        --lr_D=0.2 \
+        --lr_G=0.2 \
+        --clip_mode=norm  \
+        --clip_G=1 \
+        --clip_D=1 \
+        --desc='clipnorm-sgda'
+''',
+    'clipnorm-seg': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
+        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
+        --logdir=./logs/wgangp \
+        --opt=extrasgd \
+        --lr_D=0.2 \
+        --lr_G=0.2 \
+        --clip_mode=norm  \
+        --clip_G=1 \
+        --clip_D=1 \
+        --desc='clipnorm-seg'
+''',
+    'clipval-sgda': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
+        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
+        --logdir=./logs/wgangp \
+        --opt=sgd \
+        --lr_D=0.02 \
+        --lr_G=0.02 \
+        --clip_mode=value  \
+        --clip_G=0.01 \
+        --clip_D=0.01 \
+        --desc='clipval-sgda'
+''',
+    'clipval-seg': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
+        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
+        --logdir=./logs/wgangp \
+        --opt=extrasgd \
+        --lr_D=0.02 \
+        --lr_G=0.02 \
+        --clip_mode=value  \
+        --clip_G=0.01 \
+        --clip_D=0.01 \
+        --desc='clipval-seg'
+''',
+}
+SEED_EVALUATE_COMMAND = r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 \
+        --fid_cache=./stats/cifar10.train.npz --loss=was --record --sample_step=500 \
+        --sample_size=20 --total_steps=1000 --logdir=./eval_runs/wgangp \
+        --seed=0 --evaluate \
+        --pretrain=./logs/wgangp/<EXPERIMENT ID>/model_xxxxxxxx.pt \
+        --desc='eval'
+'''
+
+# Appended after the verbatim arguments (absl: the last value wins). One step, no IS/FID (it would
+# download the Inception weights), and batch 4 with one D step per G step: a single res32 WGAN-GP
+# step at batch 64 with n_dis=5 takes several minutes on 2 CPU cores.
+SEED_PLACEHOLDER = './logs/wgangp/<EXPERIMENT ID>/model_xxxxxxxx.pt'
+
+# Appended after the verbatim arguments (absl: the last value wins): one step, no IS/FID (it would
+# download the Inception weights), and the tiny network. A single res32 step at the seed's batch 64
+# takes minutes on 2 CPU cores (375 s measured for clipnorm-seg); `test_seed_commands_on_gpu` runs
+# the commands unchanged but for the step count.
+SEED_CPU_OVERRIDES = '--total_steps=1 --norecord --num_workers=0 --arch=cnn32 --batch_size=4 --n_dis=1'.split()
+SEED_GPU_OVERRIDES = '--total_steps=2 --norecord --num_workers=0 --device=cuda'.split()
+
+EVALUATE_OUTPUTS = ['results_norm.png', 'results_lognorm.png', 'D_stoch_noise.npy', 'G_stoch_noise.npy',
+                    'D_full_grad.pth', 'G_full_grad.pth', 'noise_stats.json', 'flagfile.txt']
+
+
+def write_tiny_cifar10(root, images_per_batch=8, seed=0):
+    """A `cifar-10-batches-py` in torchvision's format (pickled dicts of uint8 rows) with random images."""
+    folder = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(folder)
+    rng = np.random.default_rng(seed)
+    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+        batch = {'data': rng.integers(0, 256, (images_per_batch, 3 * 32 * 32), dtype=np.uint8),
+                 'labels': rng.integers(0, 10, images_per_batch).tolist()}
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump(batch, f)
+    with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
+        pickle.dump({'label_names': [f'class{i}' for i in range(10)]}, f)
+    return root
+
+
+def run(tree, args, cwd, env=None):
+    """Runs `python args...` in `cwd`; fails the test on a non-zero exit status."""
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, f'{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}'
+    return result
+
+
+def seed_argv(command, **paths):
+    """The arguments of a seed command after `python wgangp.py`, with placeholders substituted."""
+    for placeholder, path in paths.items():
+        command = command.replace(placeholder, path)
+    args = shlex.split(command.replace('\\\n', ' '))
+    assert args[:2] == ['python', 'wgangp.py']
+    return args[2:]
+
+
+def only_run_dir(logdir):
+    (run_dir,) = os.listdir(logdir)
+    return os.path.join(logdir, run_dir)
+
+
+def load_models(tree, script):
+    """The module source/models/<script>.py of the patched tree (plain torch, no flags)."""
+    spec = importlib.util.spec_from_file_location(f'pgc_models_{script}', os.path.join(tree, 'source', 'models', f'{script}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def tree(patched_tree):
+    return str(patched_tree('pytorch-gan-collections'))
+
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    """A working directory holding ./data/cifar-10-batches-py (the seed commands' default --data_dir)."""
+    root = str(tmp_path_factory.mktemp('pgc'))
+    write_tiny_cifar10(os.path.join(root, 'data'))
+    return root
+
+
+def bad_input_cases(work):
+    """argv -> the message it must fail with, before training starts."""
+    common = f'--norecord --logdir={work}/bad --num_workers=0 --data_dir={work}/data'
+    cases = {
+        f'{common} --clip_mode=norm --clip_G=1': '--clip_mode=norm needs --clip_D > 0 (got None)',
+        f'{common} --clip_mode=value --clip_G=0 --clip_D=1': '--clip_mode=value needs --clip_G > 0 (got 0.0)',
+        f'{common} --clip_G=1 --clip_D=1': '--clip_G/--clip_D need --clip_mode=norm or --clip_mode=value',
+        f'{common} --opt=rmsprop': 'value should be one of <adam|sgd|extrasgd|extraadam>',
+        f'{common} --bmc=both': 'value should be one of <none|G|D>',
+        f'{common} --data_dir={work}/nodata --nodownload': f'CIFAR-10 not found: {work}/nodata/cifar-10-batches-py lacks',
+        f'{common} --record --fid_cache={work}/missing.npz': '--record needs the FID statistics',
+        f'{common} --evaluate --pretrain={work}/missing.pt': '--evaluate needs an existing checkpoint',
+        f'{common} --evaluate --pretrain={work}/data/cifar-10-batches-py/batches.meta --total_steps=1 --n_dis=1':
+            '--evaluate needs --total_steps * --n_dis >= 2',
+    }
+    if not torch.cuda.is_available():
+        cases[f'{common} --device=cuda'] = 'CUDA is not available'
+    return cases
+
+
+@pytest.fixture(scope='module')
+def jobs(tree, work):
+    """name -> result of every wgangp.py job, all run by DRIVER in one process (in this order)."""
+    runs = [[name, [*TINY, f'--data_dir={work}/data', f'--logdir={work}/runs/{name}', f'--desc={name}', *extra]]
+            for name, extra in WGANGP_RUNS.items()]
+    checkpoint = f'{work}/runs/adam/00000-adam/model_00000001.pt'  # cnn32: BatchNorm in G
+    runs.append(['evaluate', [*TINY, '--n_dis=2', f'--data_dir={work}/data', f'--logdir={work}/eval',
+                              '--evaluate', f'--pretrain={checkpoint}', '--desc=eval']])
+    runs.append(['nan', [*TINY, f'--data_dir={work}/data', f'--logdir={work}/nan', '--total_steps=5',
+                         '--opt=sgd', '--lr_D=1e30', '--lr_G=1e30']])
+    runs += [[f'bad:{argv}', argv.split()] for argv in bad_input_cases(work)]
+    runs += [[f'seed:{desc}', [*seed_argv(command), *SEED_CPU_OVERRIDES]] for desc, command in SEED_TRAIN_COMMANDS.items()]
+    result = run(tree, ['-c', DRIVER, json.dumps(runs)], cwd=work, env={'PYTHONPATH': tree})
+    results = {}
+    for line in result.stdout.splitlines():
+        if line.startswith('JOB '):
+            job = json.loads(line[len('JOB '):])
+            results[job['name']] = job
+            print(f"{job['name']}: {job['cpu_s']:.1f} CPU s")
+    assert list(results) == [name for name, _ in runs], result.stderr[-6000:]
+    return results
+
+
+@pytest.mark.parametrize('name', [*WGANGP_RUNS, *CLI_RUNS])
+def test_smoke_run(tree, work, jobs, name):
+    if name in CLI_RUNS:
+        logdir = f'{work}/runs/{name}'
+        run(tree, [os.path.join(tree, CLI_RUNS[name]), *TINY, f'--data_dir={work}/data', f'--logdir={logdir}',
+                   f'--desc={name}', *SGD_NORM], cwd=work)
+    else:
+        assert jobs[name]['error'] is None
+    run_dir = only_run_dir(f'{work}/runs/{name}')
+    assert os.path.basename(run_dir) == f'00000-{name}'
+    assert f'--desc={name}' in open(os.path.join(run_dir, 'flagfile.txt')).read().splitlines()
+    assert os.listdir(os.path.join(run_dir, 'sample')) == ['1.png']
+    checkpoint = torch.load(os.path.join(run_dir, 'model_00000001.pt'), weights_only=True)
+    tensors = [*checkpoint['net_G'].values(), *checkpoint['net_D'].values()]
+    assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+    # The linear lr decay drives every optimizer: after 1 of 1 steps the lr has reached 0.
+    extra = WGANGP_RUNS.get(name, SGD_NORM)
+    for network in 'GD':
+        (group,) = checkpoint[f'optim_{network}']['param_groups']
+        option = next((o for o in extra if o.startswith(f'--lr_{network}=')), None)
+        assert group['initial_lr'] == (float(option.split('=')[1]) if option else 2e-4)
+        assert group['lr'] == 0
+    # The checkpoint loads into the script's networks, which then generate finite images.
+    script = CLI_RUNS.get(name, 'wgangp.py').removesuffix('.py')
+    models = load_models(tree, script)
+    z_dim = 100 if script == 'dcgan' else 128
+    net_G, net_D = models.Generator32(z_dim), models.Discriminator32()
+    net_G.load_state_dict(checkpoint['net_G'])
+    net_D.load_state_dict(checkpoint['net_D'])
+    with torch.no_grad():
+        assert torch.isfinite(net_D(net_G.eval()(torch.randn(2, z_dim)))).all()
+
+
+def test_seg_pairs_each_step_on_two_fresh_minibatches(jobs):
+    """extrasgd, n_dis=2: each D step and the G step extrapolate and update, each on its own minibatch."""
+    d_step = ['loss_D', 'real', 'extrapolate', 'loss_D', 'real', 'step']
+    g_step = ['loss_G', 'extrapolate', 'loss_G', 'step']
+    assert jobs['extrasgd-value']['events'] == 2 * d_step + g_step
+
+
+def test_plain_optimizers_take_one_minibatch_per_step(jobs):
+    assert jobs['sgd-norm']['events'] == ['loss_D', 'real', 'loss_G']
+
+
+def test_evaluate_writes_every_output_and_updates_nothing(work, jobs):
+    job = jobs['evaluate']
+    assert job['error'] is None
+    assert job['unchanged'] is True  # parameters and BatchNorm running statistics
+    assert 'step' not in job['events'] and 'extrapolate' not in job['events']
+    # --total_steps * --n_dis = 2 minibatches per network and pass; D's gradient with the penalty.
+    assert job['events'].count('loss_D') == job['events'].count('loss_G') == 4
+    run_dir = only_run_dir(f'{work}/eval')
+    assert os.path.basename(run_dir) == '00000-eval'
+    assert sorted(os.listdir(run_dir)) == sorted(EVALUATE_OUTPUTS)
+    stats = json.load(open(os.path.join(run_dir, 'noise_stats.json')))
+    assert sorted(stats) == ['D', 'G'] and stats['D']['n'] == stats['G']['n'] == 2
+    for network in 'DG':
+        norms = np.load(os.path.join(run_dir, f'{network}_stoch_noise.npy'))
+        assert norms.shape == (2,) and np.isfinite(norms).all() and (norms > 0).all()
+
+
+def test_nan_loss_stops_the_run(work, jobs):
+    error = jobs['nan']['error']
+    assert error is not None and error.startswith('Stopping at step ')
+    assert '=nan' in error or '=inf' in error
+    assert not os.path.exists(os.path.join(only_run_dir(f'{work}/nan'), 'model_00000005.pt'))
+
+
+def test_bad_input_is_reported_before_training(work, jobs):
+    for argv, expected in bad_input_cases(work).items():
+        error = jobs[f'bad:{argv}']['error']
+        assert error is not None and expected in error, (argv, error)
+    assert not os.path.exists(f'{work}/bad'), 'a run directory was created before the error'
+
+
+def test_bad_flags_fail_at_startup_on_the_command_line(tree, work):
+    result = subprocess.run([sys.executable, os.path.join(tree, 'wgangp.py'), '--clip_mode=norm', '--clip_G=1'],
+                            cwd=work, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert 'FATAL Flags parsing error' in result.stderr and '--clip_mode=norm needs --clip_D > 0' in result.stderr
+
+
+def test_seed_commands_are_accepted(tree, work, jobs):
+    """The six training commands of the seed README, verbatim but for SEED_CPU_OVERRIDES (run by DRIVER
+    in `work`, so ./data and ./logs/wgangp are its folders), and its --evaluate command on the command line."""
+    for index, desc in enumerate(SEED_TRAIN_COMMANDS):
+        assert jobs[f'seed:{desc}']['error'] is None
+        run_dir = os.path.join(work, 'logs', 'wgangp', f'{index:05d}-{desc}')
+        assert os.path.isfile(os.path.join(run_dir, 'model_00000001.pt'))
+    args = seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: './logs/wgangp/00000-reproduce/model_00000001.pt'})
+    run(tree, [os.path.join(tree, 'wgangp.py'), *args, *SEED_CPU_OVERRIDES, '--total_steps=2'], cwd=work)
+    assert sorted(os.listdir(os.path.join(work, 'eval_runs', 'wgangp', '00000-eval'))) == sorted(EVALUATE_OUTPUTS)
+
+
+@pytest.mark.gpu
+def test_seed_commands_on_gpu(tree, tmp_path):
+    """On CUDA: the seed commands with the seed's own network, batch size and n_dis, for two steps."""
+    if not torch.cuda.is_available():
+        pytest.skip('needs CUDA')
+    write_tiny_cifar10(str(tmp_path / 'data'), images_per_batch=64)
+    script = os.path.join(tree, 'wgangp.py')
+    for index, (desc, command) in enumerate(SEED_TRAIN_COMMANDS.items()):
+        run(tree, [script, *seed_argv(command), *SEED_GPU_OVERRIDES], cwd=tmp_path)
+        assert (tmp_path / 'logs' / 'wgangp' / f'{index:05d}-{desc}' / 'model_00000002.pt').is_file()
+    args = seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: './logs/wgangp/00000-reproduce/model_00000002.pt'})
+    run(tree, [script, *args, *SEED_GPU_OVERRIDES], cwd=tmp_path)
+    assert sorted(os.listdir(tmp_path / 'eval_runs' / 'wgangp' / '00000-eval')) == sorted(EVALUATE_OUTPUTS)
