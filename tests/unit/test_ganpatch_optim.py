@@ -225,16 +225,17 @@ def test_nonfinite_gradient_skips_the_step(name, bad):
 
 def test_clipped_sgda_tames_heavy_tailed_noise():
     """Strongly monotone game f(x, y) = mu/2 |x|^2 + x^T B y - mu/2 |y|^2 (solution 0) with Student-t noise
-    (df = 1.5: infinite variance). Over 80 seeded runs of 80 simultaneous steps, clipped SGDA's 99th
-    percentile distance to the solution is far below unclipped SGDA's (Gorbunov et al. 2022, Sec. 4)."""
-    runs, steps, dim, mu, lr = 80, 80, 4, 0.5, 0.1
+    (df = 1.5: infinite variance). Over 40 seeded runs of 60 simultaneous steps, the 99th percentile of the
+    distance to the solution (over runs and the iterates after a burn-in of 20 steps) is far lower for clipped
+    SGDA (norm, lambda = 2) than for SGDA (Gorbunov et al. 2022, Sec. 4)."""
+    runs, steps, burn_in, dim, mu, lr = 40, 60, 20, 4, 0.5, 0.1
     rng = np.random.default_rng(0)
     B = torch.tensor(rng.standard_normal((dim, dim)) / math.sqrt(dim), dtype=torch.float32)
     noise = torch.tensor(rng.standard_t(1.5, size=(runs, steps, 2, dim)), dtype=torch.float32)
     start = torch.tensor(rng.standard_normal((runs, 2, dim)), dtype=torch.float32)
 
-    def final_errors(clip_mode, threshold):
-        errors = []
+    def errors(clip_mode, threshold):
+        distances = []
         for run in range(runs):
             x, y = (torch.nn.Parameter(start[run, i].clone()) for i in range(2))
             opts = [build_optimizer('sgd', [p], lr=lr, clip_mode=clip_mode, clip_threshold=threshold) for p in (x, y)]
@@ -243,11 +244,12 @@ def test_clipped_sgda_tames_heavy_tailed_noise():
                 y.grad = mu * y.detach() - B.T @ x.detach() + noise[run, step, 1] # y ascends f.
                 for opt in opts:
                     opt.step()
-            errors.append(math.sqrt(float(x.detach().square().sum() + y.detach().square().sum())))
-        return np.array(errors)
+                if step >= burn_in:
+                    distances.append(math.sqrt(float(x.detach().square().sum() + y.detach().square().sum())))
+        return np.array(distances)
 
-    sgda, clipped = final_errors('none', None), final_errors('norm', 1.0)
+    sgda, clipped = errors('none', None), errors('norm', 2.0)
     p99_sgda, p99_clipped = np.percentile(sgda, 99), np.percentile(clipped, 99)
     print(f'p99 distance to the solution: SGDA {p99_sgda:.3g}, clipped SGDA {p99_clipped:.3g}; medians {np.median(sgda):.3g}, {np.median(clipped):.3g}')
     assert p99_clipped < 0.2 * p99_sgda
-    assert np.median(clipped) < 0.5 * np.median(start.flatten(1).norm(dim=1).numpy()) # And it does approach the solution.
+    assert np.median(clipped) < 0.5 * np.median(sgda) # And the typical iterate is closer too.
