@@ -43,7 +43,7 @@ def adam_delta(g, m, v, t, lr=0.1, beta1=0.5, beta2=0.9, eps=1e-3):
 
 
 def test_extraadam_hand_computed_half_steps():
-    """Extra-Adam (Gidel et al. 2019, Alg. 4): the moments and the step count advance at both half-steps."""
+    """Extra-Adam (Gidel et al. 2019): the moments and the step count advance at both half-steps."""
     param = torch.nn.Parameter(torch.ones(2))
     opt = build_optimizer('extraadam', [param], lr=0.1, betas=(0.5, 0.9), eps=1e-3, clip_mode='value', clip_threshold=3.5)
     x, m, v, t = [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], 0

@@ -227,7 +227,7 @@ def test_clipped_sgda_tames_heavy_tailed_noise():
     """Strongly monotone game f(x, y) = mu/2 |x|^2 + x^T B y - mu/2 |y|^2 (solution 0) with Student-t noise
     (df = 1.5: infinite variance). Over 40 seeded runs of 60 simultaneous steps, the 99th percentile of the
     distance to the solution (over runs and the iterates after a burn-in of 20 steps) is far lower for clipped
-    SGDA (norm, lambda = 2) than for SGDA (Gorbunov et al. 2022, Sec. 4)."""
+    SGDA (norm, lambda = 2) than for SGDA (the effect Gorbunov et al. 2022 report)."""
     runs, steps, burn_in, dim, mu, lr = 40, 60, 20, 4, 0.5, 0.1
     rng = np.random.default_rng(0)
     B = torch.tensor(rng.standard_normal((dim, dim)) / math.sqrt(dim), dtype=torch.float32)

@@ -1,7 +1,7 @@
 """Gradient clipping of one player (one network), as in clipped SGDA / SEG.
 
 Gorbunov, Danilova, Dobre, Dvurechensky, Gasnikov, Gidel, "Clipped Stochastic Methods for Variational
-Inequalities with Heavy-Tailed Noise", NeurIPS 2022 (arXiv 2206.01095), eq. (4):
+Inequalities with Heavy-Tailed Noise", NeurIPS 2022 (arXiv 2206.01095), clipping operator:
 clip(g, lambda) = min(1, lambda / ||g||_2) * g, with ||g|| ONE L2 norm over all parameters of the player
 (not per layer, not over the joint (G, D) vector). Their code also offers coordinate ("value") clipping,
 which clamps every entry to [-c, c] and so changes the gradient's direction.

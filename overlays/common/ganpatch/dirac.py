@@ -10,9 +10,9 @@ Losses (D maximizes its objective, G minimizes its loss):
 with s the logistic sigmoid (ns = the non-saturating generator loss).
 
 Each iteration does one SGD step of both players with learning rate lr (alternating: G first, then D at the new
-theta, as the authors did; or simultaneous), then adds the controller of the SDE
-dX = f(X) dt + rho1 X dB1 + rho2 |X|^beta X dB2 (paper eq. 6; |X| the Euclidean norm), with X the pre-update
-value and one (b1, b2) per iteration shared by both coordinates:
+theta, as the authors did; or simultaneous), then adds the controller of the paper's controlled Dirac-GAN,
+dX = f(X) dt + rho1 X dB1 + rho2 |X|^beta X dB2 (|X| taken as the Euclidean norm), with X the pre-update value
+and one (b1, b2) per iteration shared by both coordinates:
   scheme 'authors':        X += rho1 X b1 - rho2 |X|^beta X b2,  b1, b2 ~ N(0, 1)  (no sqrt(lr): the authors' code)
   scheme 'euler-maruyama': X += rho1 X dB1 + rho2 |X|^beta X dB2, dB ~ N(0, dt), dt = lr
 "Converged" = the first iteration after which ||X|| stays below `tol` until the end of the run (the paper states

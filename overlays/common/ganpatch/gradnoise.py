@@ -1,7 +1,7 @@
 """Heavy-tailed gradient-noise diagnostics at a fixed checkpoint (no parameter updates).
 
 Following Gorbunov et al., "Clipped Stochastic Methods for Variational Inequalities with Heavy-Tailed Noise",
-NeurIPS 2022 (arXiv 2206.01095), Sec. 4 (their gradient-noise histograms), per phase (a named network, or one
+NeurIPS 2022 (arXiv 2206.01095) (their gradient-noise histograms of GANs), per phase (a named network, or one
 loss of it: e.g. `Gmain`, `Greg`, `Dmain`, `Dreg`; phases are never pooled):
 
   pass 1:  g_bar = (1/N) sum_b g_b                       (mean minibatch gradient, `add_full` / `finish_full`)

@@ -3,9 +3,9 @@
 Each optimizer clips its own gradients as ONE player (one optimizer per network) inside `step()`, so that no
 call site can forget the clip, then updates the parameters with multi-tensor (`torch._foreach_*`) kernels:
 
-- clipped SGDA:  x <- x - lr * clip(g(x; xi))                     (Gorbunov et al., NeurIPS 2022, eq. (5))
+- clipped SGDA:  x <- x - lr * clip(g(x; xi))                     (clipped-SGDA, Gorbunov et al., NeurIPS 2022)
 - clipped SEG:   x~ = x - lr * clip(g(x; xi1)),
-                 x  <- x - lr * clip(g(x~; xi2))                    (ibid., eq. (6)), two fresh minibatches.
+                 x  <- x - lr * clip(g(x~; xi2))                    (clipped-SEG, ibid.), two fresh minibatches.
 
 The norm-clip factor min(1, lambda/||g||) is folded into the update as a Python scalar instead of rewriting
 `.grad` (after `step()` the `.grad`s still hold the raw gradient); value clipping clamps `.grad` in place.
@@ -190,7 +190,7 @@ class Extragradient:
     Both half-steps apply the base optimizer's full update rule, state included: for Adam the moments and the
     step count are updated at the extrapolation and again at the update, as Extra-Adam does (Gidel, Berard,
     Vignoud, Vincent, Lacoste-Julien, "A Variational Inequality Perspective on Generative Adversarial
-    Networks", ICLR 2019, Alg. 4).
+    Networks", ICLR 2019, their Extra-Adam algorithm).
 
     - `step()` without a prior `extrapolate()` raises RuntimeError, so a loop that lost the alternation fails
       loudly instead of silently running plain SGDA.
@@ -309,7 +309,7 @@ class ExtraSGD(Extragradient, ClippedSGD):
 
 
 class ExtraAdam(Extragradient, ClippedAdam):
-    """Clipped SEG with Adam half-steps (Extra-Adam, Gidel et al. 2019, Alg. 4, plus per-network clipping)."""
+    """Clipped SEG with Adam half-steps (Extra-Adam of Gidel et al. 2019, plus per-network clipping)."""
 
 
 def is_extragradient(opt):
