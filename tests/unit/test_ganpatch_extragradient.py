@@ -178,6 +178,8 @@ def test_nonfinite_gradient_at_the_extrapolation_skips_the_iteration(name, bad):
     set_grads(params, 0, bad=bad)
     opt.extrapolate()
     assert not opt.is_extrapolated and opt.skipped_steps == 1
+    with pytest.raises(RuntimeError, match='called twice'):
+        opt.extrapolate() # The skipped iteration still needs its step().
     set_grads(params, 1)
     opt.step() # Completes the skipped iteration without moving.
     assert opt.skipped_steps == 2 and not opt.is_extrapolated
@@ -237,3 +239,20 @@ def test_lr_scheduler_drives_both_half_steps():
         opt.step()
         scheduler.step()
     assert param.item() == pytest.approx(-(1.0 + 0.9 + 0.8)) # ...and at the update.
+
+
+def test_add_param_group_between_iterations():
+    params, opt = make('extrasgd')
+    set_grads(params, 0)
+    opt.extrapolate()
+    opt.step()
+    extra = torch.nn.Parameter(torch.ones(3))
+    opt.add_param_group(dict(params=[extra]))
+    params = params + [extra]
+    set_grads(params, 1) # The same gradient at both half-steps: x <- x - lr * clip(g).
+    grads = [param.grad.clone() for param in params]
+    opt.extrapolate()
+    assert len(opt.real_params) == 3 and torch.equal(opt.real_params[2], torch.ones(3))
+    opt.step()
+    scale = min(1.0, 1.0 / math.sqrt(sum(float(g.square().sum()) for g in grads)))
+    torch.testing.assert_close(extra.detach(), 1 - 0.1 * scale * grads[2])

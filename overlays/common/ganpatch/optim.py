@@ -229,7 +229,7 @@ class Extragradient:
     @torch.no_grad()
     def extrapolate(self, closure=None):
         """x~ = x - lr * clip(g(x; xi1)) from the current `.grad`s, remembering x."""
-        if self.is_extrapolated:
+        if self._half_step is not None:
             raise RuntimeError(f'{type(self).__name__}.extrapolate() called twice; call step() after each extrapolate()')
         loss = None
         if closure is not None:
@@ -240,7 +240,7 @@ class Extragradient:
             self._half_step = 'skipped'
             return loss
         params = self._all_params()
-        if self._real_params is None:
+        if self._real_params is None or len(self._real_params) != len(params): # First use, or add_param_group().
             self._real_params = [torch.empty_like(param) for param in params]
         self._copy_(self._real_params, params)
         self._update(scale)
