@@ -4,7 +4,7 @@ Everything trains on a tiny generated CIFAR-10 copy (`cifar-10-batches-py` holdi
 read offline by torchvision's CIFAR-10 reader) with the cnn32 networks at batch 4 for one step.
 Importing torch and torchvision costs about 6 CPU seconds per process, so all wgangp.py runs share
 one driver process (`DRIVER`: absl parses each job's argv, then wgangp.main runs, as app.run does);
-sngan.py, dcgan.py and the seed's --evaluate command run through the real command line.
+sngan.py, dcgan.py and a startup-error check of wgangp.py run through the real command line.
 
 Finite losses are checked by the patched scripts themselves: they stop with a message on a NaN or
 infinite loss (`test_nan_loss_stops_the_run` shows that they do).
@@ -202,7 +202,7 @@ def write_tiny_cifar10(root, images_per_batch=8, seed=0):
     return root
 
 
-def run(tree, args, cwd, env=None):
+def run(args, cwd, env=None):
     """Runs `python args...` in `cwd`; fails the test on a non-zero exit status."""
     result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                             env={**os.environ, **(env or {})})
@@ -270,14 +270,15 @@ def jobs(tree, work):
     """name -> result of every wgangp.py job, all run by DRIVER in one process (in this order)."""
     runs = [[name, [*TINY, f'--data_dir={work}/data', f'--logdir={work}/runs/{name}', f'--desc={name}', *extra]]
             for name, extra in WGANGP_RUNS.items()]
-    checkpoint = f'{work}/runs/adam/00000-adam/model_00000001.pt'  # cnn32: BatchNorm in G
-    runs.append(['evaluate', [*TINY, '--n_dis=2', f'--data_dir={work}/data', f'--logdir={work}/eval',
-                              '--evaluate', f'--pretrain={checkpoint}', '--desc=eval']])
     runs.append(['nan', [*TINY, f'--data_dir={work}/data', f'--logdir={work}/nan', '--total_steps=5',
-                         '--opt=sgd', '--lr_D=1e30', '--lr_G=1e30']])
+                         '--eval_step=1', '--opt=sgd', '--lr_D=1e30', '--lr_G=1e30']])
     runs += [[f'bad:{argv}', argv.split()] for argv in bad_input_cases(work)]
     runs += [[f'seed:{desc}', [*seed_argv(command), *SEED_CPU_OVERRIDES]] for desc, command in SEED_TRAIN_COMMANDS.items()]
-    result = run(tree, ['-c', DRIVER, json.dumps(runs)], cwd=work, env={'PYTHONPATH': tree})
+    # The seed's --evaluate command on the cnn32 checkpoint of its first command (BatchNorm in G).
+    checkpoint = './logs/wgangp/00000-reproduce/model_00000001.pt'
+    runs.append(['seed:evaluate', [*seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: checkpoint}),
+                                   *SEED_CPU_OVERRIDES, '--total_steps=2']])
+    result = run(['-c', DRIVER, json.dumps(runs)], cwd=work, env={'PYTHONPATH': tree})
     results = {}
     for line in result.stdout.splitlines():
         if line.startswith('JOB '):
@@ -292,7 +293,7 @@ def jobs(tree, work):
 def test_smoke_run(tree, work, jobs, name):
     if name in CLI_RUNS:
         logdir = f'{work}/runs/{name}'
-        run(tree, [os.path.join(tree, CLI_RUNS[name]), *TINY, f'--data_dir={work}/data', f'--logdir={logdir}',
+        run([os.path.join(tree, CLI_RUNS[name]), *TINY, f'--data_dir={work}/data', f'--logdir={logdir}',
                    f'--desc={name}', *SGD_NORM], cwd=work)
     else:
         assert jobs[name]['error'] is None
@@ -333,13 +334,13 @@ def test_plain_optimizers_take_one_minibatch_per_step(jobs):
 
 
 def test_evaluate_writes_every_output_and_updates_nothing(work, jobs):
-    job = jobs['evaluate']
+    job = jobs['seed:evaluate']
     assert job['error'] is None
     assert job['unchanged'] is True  # parameters and BatchNorm running statistics
     assert 'step' not in job['events'] and 'extrapolate' not in job['events']
     # --total_steps * --n_dis = 2 minibatches per network and pass; D's gradient with the penalty.
     assert job['events'].count('loss_D') == job['events'].count('loss_G') == 4
-    run_dir = only_run_dir(f'{work}/eval')
+    run_dir = only_run_dir(f'{work}/eval_runs/wgangp')
     assert os.path.basename(run_dir) == '00000-eval'
     assert sorted(os.listdir(run_dir)) == sorted(EVALUATE_OUTPUTS)
     stats = json.load(open(os.path.join(run_dir, 'noise_stats.json')))
@@ -353,7 +354,11 @@ def test_nan_loss_stops_the_run(work, jobs):
     error = jobs['nan']['error']
     assert error is not None and error.startswith('Stopping at step ')
     assert '=nan' in error or '=inf' in error
-    assert not os.path.exists(os.path.join(only_run_dir(f'{work}/nan'), 'model_00000005.pt'))
+    stop_step = int(error.split()[3].rstrip(':'))
+    assert stop_step < 5
+    # --eval_step=1: a checkpoint for every completed step, none for the step that diverged.
+    checkpoints = sorted(f for f in os.listdir(only_run_dir(f'{work}/nan')) if f.startswith('model_'))
+    assert checkpoints == [f'model_{step:08d}.pt' for step in range(1, stop_step)]
 
 
 def test_bad_input_is_reported_before_training(work, jobs):
@@ -370,16 +375,14 @@ def test_bad_flags_fail_at_startup_on_the_command_line(tree, work):
     assert 'FATAL Flags parsing error' in result.stderr and '--clip_mode=norm needs --clip_D > 0' in result.stderr
 
 
-def test_seed_commands_are_accepted(tree, work, jobs):
-    """The six training commands of the seed README, verbatim but for SEED_CPU_OVERRIDES (run by DRIVER
-    in `work`, so ./data and ./logs/wgangp are its folders), and its --evaluate command on the command line."""
+def test_seed_commands_are_accepted(work, jobs):
+    """The six training commands and the --evaluate command of the seed README, verbatim but for
+    SEED_CPU_OVERRIDES, run by DRIVER in `work` (so ./data and ./logs/wgangp are its folders)."""
     for index, desc in enumerate(SEED_TRAIN_COMMANDS):
         assert jobs[f'seed:{desc}']['error'] is None
         run_dir = os.path.join(work, 'logs', 'wgangp', f'{index:05d}-{desc}')
         assert os.path.isfile(os.path.join(run_dir, 'model_00000001.pt'))
-    args = seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: './logs/wgangp/00000-reproduce/model_00000001.pt'})
-    run(tree, [os.path.join(tree, 'wgangp.py'), *args, *SEED_CPU_OVERRIDES, '--total_steps=2'], cwd=work)
-    assert sorted(os.listdir(os.path.join(work, 'eval_runs', 'wgangp', '00000-eval'))) == sorted(EVALUATE_OUTPUTS)
+    assert jobs['seed:evaluate']['error'] is None  # its outputs: test_evaluate_writes_every_output_...
 
 
 @pytest.mark.gpu
@@ -390,8 +393,14 @@ def test_seed_commands_on_gpu(tree, tmp_path):
     write_tiny_cifar10(str(tmp_path / 'data'), images_per_batch=64)
     script = os.path.join(tree, 'wgangp.py')
     for index, (desc, command) in enumerate(SEED_TRAIN_COMMANDS.items()):
-        run(tree, [script, *seed_argv(command), *SEED_GPU_OVERRIDES], cwd=tmp_path)
+        run([script, *seed_argv(command), *SEED_GPU_OVERRIDES], cwd=tmp_path)
         assert (tmp_path / 'logs' / 'wgangp' / f'{index:05d}-{desc}' / 'model_00000002.pt').is_file()
     args = seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: './logs/wgangp/00000-reproduce/model_00000002.pt'})
-    run(tree, [script, *args, *SEED_GPU_OVERRIDES], cwd=tmp_path)
+    run([script, *args, *SEED_GPU_OVERRIDES], cwd=tmp_path)
     assert sorted(os.listdir(tmp_path / 'eval_runs' / 'wgangp' / '00000-eval')) == sorted(EVALUATE_OUTPUTS)
+
+
+def test_wgan_py_is_left_as_upstream(tree):
+    diff = subprocess.run(['git', '-C', tree, 'diff', '--stat', 'upstream', 'HEAD', '--', 'wgan.py'],
+                          capture_output=True, text=True, check=True)
+    assert diff.stdout == ''
