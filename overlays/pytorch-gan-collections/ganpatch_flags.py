@@ -2,8 +2,9 @@
 
 Upstream's three training scripts are near-copies of each other. The flags that our patches add to
 all three, and the objects those flags configure, live here once: the device, the dataset copy, the
-optimizers from `ganpatch.optim`, the stochastic extragradient step, the run directory and the stop
-on a non-finite loss. Importing this module defines the flags (absl's convention for shared flags).
+optimizers from `ganpatch.optim`, the stochastic extragradient step, the run directory, the stop on
+a non-finite loss and two helpers of wgangp.py's --evaluate. Importing this module defines the flags
+(absl's convention for shared flags).
 """
 
 import contextlib
@@ -97,7 +98,8 @@ def load_dataset(name, transform):
         missing = [filename for filename in required if not os.path.isfile(os.path.join(folder, filename))]
         if missing:
             raise SystemExit(f'CIFAR-10 not found: {folder} lacks {", ".join(missing)}.\n'
-                             f'Extract cifar-10-python.tar.gz into --data_dir, or allow --download with network.')
+                             f'Extract cifar-10-python.tar.gz into --data_dir; with network and --download (the '
+                             f'default), a missing {LocalCIFAR10.base_folder} folder is downloaded.')
         return LocalCIFAR10(FLAGS.data_dir, train=True, transform=transform)
     if FLAGS.download:
         _download('STL-10', lambda: datasets.STL10(FLAGS.data_dir, split='unlabeled', download=True))
