@@ -299,7 +299,8 @@ def test_smoke_run(tree, work, jobs, name):
         assert jobs[name]['error'] is None
     run_dir = only_run_dir(f'{work}/runs/{name}')
     assert os.path.basename(run_dir) == f'00000-{name}'
-    assert f'--desc={name}' in open(os.path.join(run_dir, 'flagfile.txt')).read().splitlines()
+    with open(os.path.join(run_dir, 'flagfile.txt')) as f:
+        assert f'--desc={name}' in f.read().splitlines()
     assert os.listdir(os.path.join(run_dir, 'sample')) == ['1.png']
     checkpoint = torch.load(os.path.join(run_dir, 'model_00000001.pt'), weights_only=True)
     tensors = [*checkpoint['net_G'].values(), *checkpoint['net_D'].values()]
@@ -343,7 +344,8 @@ def test_evaluate_writes_every_output_and_updates_nothing(work, jobs):
     run_dir = only_run_dir(f'{work}/eval_runs/wgangp')
     assert os.path.basename(run_dir) == '00000-eval'
     assert sorted(os.listdir(run_dir)) == sorted(EVALUATE_OUTPUTS)
-    stats = json.load(open(os.path.join(run_dir, 'noise_stats.json')))
+    with open(os.path.join(run_dir, 'noise_stats.json')) as f:
+        stats = json.load(f)
     assert sorted(stats) == ['D', 'G'] and stats['D']['n'] == stats['G']['n'] == 2
     for network in 'DG':
         norms = np.load(os.path.join(run_dir, f'{network}_stoch_noise.npy'))
