@@ -152,7 +152,6 @@ def measure(rank, c, temp_dir):
 
     def compute_gradient(phase):
         module = phase_modules[phase]
-        module.zero_grad(set_to_none=True)
         module.requires_grad_(True)
         real_img, real_c, gen_z, gen_c = next_minibatch()
         for chunk_img, chunk_c, chunk_z, chunk_gen_c in zip(real_img, real_c, gen_z, gen_c):

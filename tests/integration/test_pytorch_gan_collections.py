@@ -39,17 +39,18 @@ WGANGP_RUNS = {  # name -> extra wgangp.py options
 CLI_RUNS = {'sngan-sgd-norm': 'sngan.py', 'dcgan-sgd-norm': 'dcgan.py'}  # with SGD_NORM
 
 # Runs wgangp.py jobs in one process. For each job: parse its argv with absl, run wgangp.main,
-# record the calls that show how minibatches and optimizer calls pair up, and whether --evaluate
-# left the networks equal to the checkpoint; print one JSON line per job.
+# record the calls that show how minibatches and optimizer calls pair up, the BMC terms of D's loss,
+# and whether --evaluate left the networks equal to the checkpoint; print one JSON line per job.
 DRIVER = r'''
 import json, sys, time
 import torch
 from absl import flags
+import ganpatch.bmc
 import ganpatch.optim
 import wgangp
 
 FLAGS = flags.FLAGS
-events, nets = [], []
+events, nets, bmc_terms = [], [], []
 
 def trace(owner, name, label):
     original = getattr(owner, name)
@@ -59,6 +60,12 @@ def trace(owner, name, label):
     setattr(owner, name, traced)
 
 trace(wgangp, 'loss_D', 'loss_D')
+discriminator_term = ganpatch.bmc.BrownianMotionController.discriminator_term
+def recorded_discriminator_term(self, *args):
+    term = discriminator_term(self, *args)
+    bmc_terms.append(term.mean().item())
+    return term
+ganpatch.bmc.BrownianMotionController.discriminator_term = recorded_discriminator_term
 trace(wgangp, 'loss_G', 'loss_G')
 trace(ganpatch.optim.Extragradient, 'extrapolate', 'extrapolate')
 trace(ganpatch.optim.Extragradient, 'step', 'step')
@@ -75,6 +82,7 @@ for models in [wgangp.net_G_models, wgangp.net_D_models]:
 for name, argv in json.loads(sys.argv[1]):
     events.clear()
     nets.clear()
+    bmc_terms.clear()
     error, unchanged = None, None
     start = time.process_time()
     try:
@@ -88,7 +96,7 @@ for name, argv in json.loads(sys.argv[1]):
         unchanged = all(torch.equal(value, checkpoint[key][name].cpu())
                         for key, net in zip(['net_G', 'net_D'], nets) for name, value in net.state_dict().items())
     print('JOB ' + json.dumps({'name': name, 'error': error, 'events': events, 'unchanged': unchanged,
-                               'cpu_s': time.process_time() - start}), flush=True)
+                               'bmc_terms': bmc_terms, 'cpu_s': time.process_time() - start}), flush=True)
 '''
 
 # The seed README's WGAN-GP commands (000_*.txt), verbatim.
@@ -257,8 +265,8 @@ def bad_input_cases(work):
         f'{common} --data_dir={work}/nodata --nodownload': f'CIFAR-10 not found: {work}/nodata/cifar-10-batches-py lacks',
         f'{common} --record --fid_cache={work}/missing.npz': '--record needs the FID statistics',
         f'{common} --evaluate --pretrain={work}/missing.pt': '--evaluate needs an existing checkpoint',
-        f'{common} --evaluate --pretrain={work}/data/cifar-10-batches-py/batches.meta --total_steps=1 --n_dis=1':
-            '--evaluate needs --total_steps * --n_dis >= 2',
+        f'{common} --evaluate --pretrain={work}/data/cifar-10-batches-py/batches.meta --total_steps=1 --n_dis=5':
+            '--evaluate needs --total_steps >= 2',
     }
     if not torch.cuda.is_available():
         cases[f'{common} --device=cuda'] = 'CUDA is not available'
@@ -277,7 +285,7 @@ def jobs(tree, work):
     # The seed's --evaluate command on the cnn32 checkpoint of its first command (BatchNorm in G).
     checkpoint = './logs/wgangp/00000-reproduce/model_00000001.pt'
     runs.append(['seed:evaluate', [*seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: checkpoint}),
-                                   *SEED_CPU_OVERRIDES, '--total_steps=2']])
+                                   *SEED_CPU_OVERRIDES, '--total_steps=2', '--n_dis=2']])
     result = run(['-c', DRIVER, json.dumps(runs)], cwd=work, env={'PYTHONPATH': tree})
     results = {}
     for line in result.stdout.splitlines():
@@ -330,6 +338,13 @@ def test_seg_pairs_each_step_on_two_fresh_minibatches(jobs):
     assert jobs['extrasgd-value']['events'] == 2 * d_step + g_step
 
 
+def test_bmc_term_is_in_the_D_loss_only_with_bmc_D(jobs):
+    # The batch mean of the term loss_D() adds: exact zeros by default, eq. 18's term with --bmc=D.
+    assert jobs['adam']['bmc_terms'] == [0.0]
+    (term,) = jobs['bmc-D']['bmc_terms']
+    assert term != 0
+
+
 def test_plain_optimizers_take_one_minibatch_per_step(jobs):
     assert jobs['sgd-norm']['events'] == ['loss_D', 'real', 'loss_G']
 
@@ -339,17 +354,18 @@ def test_evaluate_writes_every_output_and_updates_nothing(work, jobs):
     assert job['error'] is None
     assert job['unchanged'] is True  # parameters and BatchNorm running statistics
     assert 'step' not in job['events'] and 'extrapolate' not in job['events']
-    # --total_steps * --n_dis = 2 minibatches per network and pass; D's gradient with the penalty.
-    assert job['events'].count('loss_D') == job['events'].count('loss_G') == 4
+    # Per pass, --total_steps * --n_dis = 4 minibatches of D (its gradient with the penalty) and
+    # --total_steps = 2 of G: one per D and G step of training, as the authors measured.
+    assert job['events'].count('loss_D') == 8 and job['events'].count('loss_G') == 4
     run_dir = only_run_dir(f'{work}/eval_runs/wgangp')
     assert os.path.basename(run_dir) == '00000-eval'
     assert sorted(os.listdir(run_dir)) == sorted(EVALUATE_OUTPUTS)
     with open(os.path.join(run_dir, 'noise_stats.json')) as f:
         stats = json.load(f)
-    assert sorted(stats) == ['D', 'G'] and stats['D']['n'] == stats['G']['n'] == 2
-    for network in 'DG':
+    assert sorted(stats) == ['D', 'G'] and stats['D']['n'] == 4 and stats['G']['n'] == 2
+    for network, count in [('D', 4), ('G', 2)]:
         norms = np.load(os.path.join(run_dir, f'{network}_stoch_noise.npy'))
-        assert norms.shape == (2,) and np.isfinite(norms).all() and (norms > 0).all()
+        assert norms.shape == (count,) and np.isfinite(norms).all() and (norms > 0).all()
 
 
 def test_nan_loss_stops_the_run(work, jobs):

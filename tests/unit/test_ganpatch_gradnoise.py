@@ -85,6 +85,22 @@ def test_phases_are_never_pooled():
     assert any('pass 1' in line and '100%' in line for line in logs) and any('pass 2' in line and '50%' in line for line in logs)
 
 
+def test_counts_per_phase_and_no_accumulation_across_minibatches():
+    d, g = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    calls = []
+
+    def compute_gradient(phase): # A bare backward(): it adds to whatever .grad holds.
+        calls.append(phase)
+        (d.sum() if phase == 'D' else 2 * g.sum()).backward()
+
+    meter = GradientNoiseMeter({'D': [d], 'G': [g]})
+    measure_gradient_noise(meter, compute_gradient, {'G': 2, 'D': 5}, log=lambda _: None)
+    assert calls == ['D', 'G', 'D', 'G', 'D', 'D', 'D'] * 2 # Both passes; phases take turns until their count.
+    assert meter.num_full == {'D': 5, 'G': 2}
+    assert meter.full_grads['D'].tolist() == [1.0] * 2 and meter.full_grads['G'].tolist() == [2.0] * 3
+    assert meter.noise_norms == {'D': [0.0] * 5, 'G': [0.0] * 2}
+
+
 def stored_tensor_elements(meter):
     return sum(t.numel() for t in list(meter.full_grads.values()) + list(meter._sums.values()))
 
@@ -178,6 +194,10 @@ def test_bad_usage_fails_clearly():
         measure_gradient_noise(meter, toy.compute_gradient, 3, mode='fast')
     with pytest.raises(ValueError, match='positive integer'):
         measure_gradient_noise(meter, toy.compute_gradient, 0)
+    with pytest.raises(ValueError, match='positive integer'):
+        measure_gradient_noise(meter, toy.compute_gradient, {'G': 2.5})
+    with pytest.raises(ValueError, match='names phases D; the meter has G'):
+        measure_gradient_noise(meter, toy.compute_gradient, {'D': 3})
     with pytest.raises(ValueError, match='file name'):
         GradientNoiseMeter({'G/main': [toy.w]})
 

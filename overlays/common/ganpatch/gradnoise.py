@@ -158,32 +158,50 @@ def noise_statistics(norms):
 
 
 def measure_gradient_noise(meter, compute_gradient, num_batches, mode='both', log=print):
-    """Run pass 1 and/or pass 2 over `num_batches` minibatches per phase, with progress output.
+    """Run pass 1 and/or pass 2, with progress output.
 
-    `compute_gradient(phase)` must zero the grads and leave the full minibatch gradient of `phase` in `.grad`.
+    `num_batches` is the number of minibatches per pass: one int for every phase, or {phase: int} (the authors'
+    WGAN-GP measurement used {'D': 5000, 'G': 1000}, one per D and G step of 1000 outer steps). Phases take turns,
+    each until its own count is reached. Before every `compute_gradient(phase)` call the grads of all the meter's
+    parameters are set to None, so nothing accumulates across minibatches; `compute_gradient` must leave the full
+    minibatch gradient of `phase` in `.grad` (accumulating over sub-batches is fine).
     mode 'full': pass 1 only; 'stochastic': pass 2 only (g_bar from `meter.load_full`); 'both': pass 1 then 2.
     """
     if mode not in MODES:
         raise ValueError(f'Unknown mode {mode!r}; expected one of {", ".join(MODES)}')
-    if not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f'num_batches must be a positive integer, got {num_batches!r}')
+    counts = _batches_per_phase(meter, num_batches)
     if mode == 'stochastic' and any(name not in meter.full_grads for name in meter.phases):
         raise RuntimeError('mode=stochastic needs the full gradients: call meter.load_full(run_dir) first')
+    params = list({id(p): p for phase_params in meter.phases.values() for p in phase_params}.values())
     passes = []
     if mode in ('full', 'both'):
         passes.append(('pass 1 (mean gradient)', meter.add_full, meter.finish_full))
     if mode in ('stochastic', 'both'):
         passes.append(('pass 2 (noise norms)', meter.add_stochastic, None))
     for title, add, finish in passes:
-        log(f'Gradient noise, {title}: {num_batches} minibatches x phases {", ".join(meter.phases)}')
-        progress = _Progress(title, num_batches, log)
-        for _ in range(num_batches):
-            for phase in meter.phases:
-                compute_gradient(phase)
-                add(phase)
-            progress.advance()
+        log(f'Gradient noise, {title}: ' + ', '.join(f'{count} minibatches of {name}' for name, count in counts.items()))
+        progress = _Progress(title, sum(counts.values()), log)
+        for index in range(max(counts.values())):
+            for phase, count in counts.items():
+                if index < count:
+                    for p in params:
+                        p.grad = None
+                    compute_gradient(phase)
+                    add(phase)
+                    progress.advance()
         if finish is not None:
             finish()
+
+
+def _batches_per_phase(meter, num_batches):
+    """{phase: positive int} from an int for every phase or a dict naming exactly the meter's phases."""
+    counts = num_batches if isinstance(num_batches, dict) else {name: num_batches for name in meter.phases}
+    if set(counts) != set(meter.phases):
+        raise ValueError(f'num_batches names phases {", ".join(counts)}; the meter has {", ".join(meter.phases)}')
+    for name, count in counts.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f'num_batches must be a positive integer per phase, got {count!r} for {name!r}')
+    return {name: counts[name] for name in meter.phases}
 
 
 class _Progress:
