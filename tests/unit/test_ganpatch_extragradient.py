@@ -47,22 +47,24 @@ def test_extraadam_hand_computed_half_steps():
     param = torch.nn.Parameter(torch.ones(2))
     opt = build_optimizer('extraadam', [param], lr=0.1, betas=(0.5, 0.9), eps=1e-3, clip_mode='value', clip_threshold=3.5)
     x, m, v, t = [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], 0
+
+    def hand_half_step(start, point):
+        """One clipped Adam move from `start` with the gradient at `point`; advances m, v and t."""
+        nonlocal m, v, t
+        g = [max(-3.5, min(3.5, gi)) for gi in quadratic_grad(point)]
+        t += 1
+        moves = [adam_delta(g[i], m[i], v[i], t) for i in range(2)]
+        m, v = [mv[1] for mv in moves], [mv[2] for mv in moves]
+        return [start[i] + moves[i][0] for i in range(2)]
+
     for _ in range(2):
         param.grad = A * param.detach()
         opt.extrapolate()
-        g = [max(-3.5, min(3.5, gi)) for gi in quadratic_grad(x)]
-        t += 1
-        moves = [adam_delta(g[i], m[i], v[i], t) for i in range(2)]
-        m, v = [mv[1] for mv in moves], [mv[2] for mv in moves]
-        x_tilde = [x[i] + moves[i][0] for i in range(2)]
+        x_tilde = hand_half_step(x, x)
         assert param.tolist() == pytest.approx(x_tilde, rel=1e-5)
         param.grad = A * param.detach()
         opt.step()
-        g = [max(-3.5, min(3.5, gi)) for gi in quadratic_grad(x_tilde)]
-        t += 1
-        moves = [adam_delta(g[i], m[i], v[i], t) for i in range(2)]
-        m, v = [mv[1] for mv in moves], [mv[2] for mv in moves]
-        x = [x[i] + moves[i][0] for i in range(2)]
+        x = hand_half_step(x, x_tilde)
         assert param.tolist() == pytest.approx(x, rel=1e-5)
     assert float(opt.state[param]['step']) == 4
 
