@@ -176,8 +176,14 @@ def optimizer_step(optimizer, compute_losses):
 # Run directory, checkpoints and the NaN stop.
 
 def create_run_dir():
-    """Creates and returns --logdir/NNNNN-<desc>, numbered one above the highest run there."""
-    desc = FLAGS.desc or (FLAGS.opt if FLAGS.clip_mode == 'none' else f'{FLAGS.opt}-clip{FLAGS.clip_mode}')
+    """Creates and returns --logdir/NNNNN-<desc>, numbered one above the highest run there. Without --desc,
+    <desc> names the optimizer and clip mode of a training run, or `evaluate` for wgangp.py --evaluate."""
+    if FLAGS.desc:
+        desc = FLAGS.desc
+    elif 'evaluate' in FLAGS and FLAGS.evaluate:
+        desc = 'evaluate'
+    else:
+        desc = FLAGS.opt if FLAGS.clip_mode == 'none' else f'{FLAGS.opt}-clip{FLAGS.clip_mode}'
     os.makedirs(FLAGS.logdir, exist_ok=True)
     run_ids = [int(match.group()) for match in map(re.compile(r'^\d+').match, os.listdir(FLAGS.logdir)) if match]
     run_dir = os.path.join(FLAGS.logdir, f'{max(run_ids, default=-1) + 1:05d}-{desc}')

@@ -187,9 +187,9 @@ SEED_PLACEHOLDER = './logs/wgangp/<EXPERIMENT ID>/model_xxxxxxxx.pt'
 # Appended after the verbatim arguments (absl: the last value wins): one step, no IS/FID (it would
 # download the Inception weights), and the tiny network. A single res32 step at the seed's batch 64
 # takes minutes on 2 CPU cores (375 s measured for clipnorm-seg); `test_seed_commands_on_gpu` runs
-# the commands unchanged but for the step count.
+# the commands unchanged but for the step count (and a checkpoint at step 2), without FID.
 SEED_CPU_OVERRIDES = '--total_steps=1 --norecord --num_workers=0 --arch=cnn32 --batch_size=4 --n_dis=1'.split()
-SEED_GPU_OVERRIDES = '--total_steps=2 --norecord --num_workers=0 --device=cuda'.split()
+SEED_GPU_OVERRIDES = '--total_steps=2 --eval_step=2 --norecord --num_workers=0 --device=cuda'.split()
 
 EVALUATE_OUTPUTS = ['results_norm.png', 'results_lognorm.png', 'D_stoch_noise.npy', 'G_stoch_noise.npy',
                     'D_full_grad.pth', 'G_full_grad.pth', 'noise_stats.json', 'flagfile.txt']
@@ -280,6 +280,9 @@ def jobs(tree, work):
             for name, extra in WGANGP_RUNS.items()]
     runs.append(['nan', [*TINY, f'--data_dir={work}/data', f'--logdir={work}/nan', '--total_steps=5',
                          '--eval_step=1', '--opt=sgd', '--lr_D=1e30', '--lr_G=1e30']])
+    runs.append(['evaluate-default-desc', [*TINY, f'--data_dir={work}/data', f'--logdir={work}/evaluate-default-desc',
+                                           '--evaluate', f'--pretrain={work}/runs/adam/00000-adam/model_00000001.pt',
+                                           '--total_steps=2']])
     runs += [[f'bad:{argv}', argv.split()] for argv in bad_input_cases(work)]
     runs += [[f'seed:{desc}', [*seed_argv(command), *SEED_CPU_OVERRIDES]] for desc, command in SEED_TRAIN_COMMANDS.items()]
     # The seed's --evaluate command on the cnn32 checkpoint of its first command (BatchNorm in G).
@@ -377,6 +380,12 @@ def test_nan_loss_stops_the_run(work, jobs):
     # --eval_step=1: a checkpoint for every completed step, none for the step that diverged.
     checkpoints = sorted(f for f in os.listdir(only_run_dir(f'{work}/nan')) if f.startswith('model_'))
     assert checkpoints == [f'model_{step:08d}.pt' for step in range(1, stop_step)]
+
+
+def test_run_directories_without_desc_name_the_optimizer_or_evaluate(work, jobs):
+    assert jobs['evaluate-default-desc']['error'] is None
+    assert os.path.basename(only_run_dir(f'{work}/evaluate-default-desc')) == '00000-evaluate'
+    assert os.path.basename(only_run_dir(f'{work}/nan')) == '00000-sgd'
 
 
 def test_bad_input_is_reported_before_training(work, jobs):
