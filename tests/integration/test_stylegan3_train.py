@@ -135,9 +135,8 @@ def stats_means(run_dir):
     return means
 
 
-@pytest.mark.parametrize('name', list(SMOKE_RUNS))
-def test_smoke_run_trains_and_snapshots(name, tree, smoke_runs):
-    run_dir = smoke_runs[name]
+def check_finite_losses_and_snapshot(tree, run_dir):
+    """Every tick's losses are finite and the last snapshot loads and generates a finite image; returns the stats."""
     means = stats_means(run_dir)
     for key in ['Loss/G/loss', 'Loss/D/loss', 'Loss/G/reg', 'Loss/D/reg']:
         assert key in means and all(math.isfinite(v) for v in means[key]), (key, means.get(key))
@@ -145,6 +144,13 @@ def test_smoke_run_trains_and_snapshots(name, tree, smoke_runs):
     assert snapshots, list(run_dir.iterdir())
     output = run(tree, ['-c', LOAD_AND_GENERATE, str(snapshots[-1])])
     assert 'IMAGE [1, 3, 32, 32] True' in output
+    return means
+
+
+@pytest.mark.parametrize('name', list(SMOKE_RUNS))
+def test_smoke_run_trains_and_snapshots(name, tree, smoke_runs):
+    run_dir = smoke_runs[name]
+    means = check_finite_losses_and_snapshot(tree, run_dir)
 
     options = json.loads((run_dir / 'training_options.json').read_text())
     if name == 'adam':
@@ -363,8 +369,4 @@ def test_cuda_sgd_value_clip_run_uses_the_custom_ops(tree, dataset, tmp_path):
     for plugin in ['bias_act_plugin', 'upfirdn2d_plugin']:
         assert f'Setting up PyTorch plugin "{plugin}"... Done.' in output, output[-6000:]
     [run_dir] = tmp_path.iterdir()
-    means = stats_means(run_dir)
-    for key in ['Loss/G/loss', 'Loss/D/loss', 'Loss/G/reg', 'Loss/D/reg']:
-        assert key in means and all(math.isfinite(v) for v in means[key]), (key, means.get(key))
-    snapshot = sorted(run_dir.glob('network-snapshot-*.pkl'))[-1]
-    assert 'IMAGE [1, 3, 32, 32] True' in run(tree, ['-c', LOAD_AND_GENERATE, str(snapshot)])
+    check_finite_losses_and_snapshot(tree, run_dir)
