@@ -1,0 +1,35 @@
+"""The update journal, `.git/ganpatch-update.json`: written right before an update changes the tree,
+removed once the stamp says the update is done.
+
+It holds everything needed to finish the update (the commit the work tree is moving from and to,
+the refs to set, the new stamp), so a run killed at any point after it is written is finished by
+the next run, and `--status` reports it as interrupted in the meantime.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .stamp import write_json
+
+JOURNAL_NAME = 'ganpatch-update.json'
+
+
+def journal_path(git_dir: Path) -> Path:
+    return git_dir / JOURNAL_NAME
+
+
+def read_journal(git_dir: Path) -> dict | None:
+    try:
+        journal = json.loads(journal_path(git_dir).read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    return journal if isinstance(journal, dict) and 'to' in journal else None
+
+
+def write_journal(git_dir: Path, journal: dict) -> None:
+    write_json(journal_path(git_dir), journal)
+
+
+def remove_journal(git_dir: Path) -> None:
+    journal_path(git_dir).unlink(missing_ok=True)
