@@ -77,7 +77,7 @@ def validate_args(args: argparse.Namespace, pins: dict[str, Pin]) -> list[Pin]:
         raise GanpatchError('--target is required', f'valid targets: {", ".join(pins)} (or all); --list shows them')
     targets = resolve_targets(args.target, pins)
     building = not (args.check or args.fetch or args.status or args.diff or args.refresh)
-    if args.source is not None and len(targets) != 1:
+    if args.source is not None and (args.target.casefold() == 'all' or len(targets) != 1):
         raise GanpatchError('--source names the upstream of one target', 'give --target NAME, or use --mirror for all')
     if args.source is not None and not args.source.exists():
         raise GanpatchError(f'--source {args.source} does not exist', 'give a git repository or an archive')
@@ -125,11 +125,12 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
             return list_targets(project, pins)
         sources = Sources(args.source, args.mirror, args.offline)
         code = EXIT_OK
+        many = args.target.casefold() == 'all'
         for pin in targets:
             try:
-                code = run_command(args, project, pin, len(targets) > 1, sources) or code
+                code = run_command(args, project, pin, many, sources) or code
             except GanpatchError as exc:
-                report(exc, pin.target if len(targets) > 1 else None)
+                report(exc, pin.target if many else None)
                 code = code or exc.code
         return code
     except GanpatchError as exc:

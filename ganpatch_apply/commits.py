@@ -170,7 +170,7 @@ def read_mail(repo: Repo, patch: Path, scratch: Path) -> Mail:
     offset = (parsed[9] or 0) // 60
     zone = f'{"-" if offset < 0 else "+"}{abs(offset) // 60:02d}{abs(offset) % 60:02d}'
     diff = (scratch / 'patch').read_bytes()
-    if not diff.strip():
+    if not re.search(rb'^(diff --git |\+\+\+ )', diff, re.M):
         raise PatchError(f'patch {patch.name} holds no change (an empty commit?)',
                          'remove it from the series, or regenerate it from a commit that changes files')
     subject = fields.get('Subject', '').encode()

@@ -30,7 +30,7 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment without any GIT_* variable (repository, configuration, identity), plus ours."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith('GIT_') or key in _KEPT_GIT_VARIABLES}
-    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0",
+    env.update(GIT_CONFIG_NOSYSTEM='1', GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT='0', GIT_OPTIONAL_LOCKS='0',
                LC_ALL='C', LANGUAGE='C', **IDENTITY_ENV)
     env.update(extra or {})
     return env

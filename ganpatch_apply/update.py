@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 from pathlib import Path
 
 from . import locking
@@ -32,7 +33,7 @@ from .errors import EXIT_OK, GanpatchError, LocalWorkError, log, plural
 from .fetch import Sources
 from .git import Repo, run_git
 from .inputs import Inputs, Project, read_inputs
-from .journal import remove_journal, write_journal
+from .journal import journal_path, remove_journal, write_journal
 from .pins import Pin
 from .staging import inputs_lock
 from .sourcing import Lazy
@@ -47,6 +48,9 @@ def apply_target(project: Project, pin: Pin, dest: Path, sources: Sources, *, fo
                  with_authors: bool) -> int:
     dest = resolve_dest(project, dest)
     shown = display(dest)
+    upstream_files = Lazy(pin.upstream, sources)
+    if not dest.exists():
+        upstream_files()  # a new tree needs the upstream: no source, no folder
     with locking.destination(dest, shown), inputs_lock(project, pin.target):
         inputs = read_inputs(project, pin)
         state = inspect_tree(dest, inputs)
@@ -55,18 +59,25 @@ def apply_target(project: Project, pin: Pin, dest: Path, sources: Sources, *, fo
             state = inspect_tree(dest, inputs)
         if state.kind == 'foreign':
             state = move_foreign_tree(dest, pin, force=force)
-        if state.kind == 'missing':
-            dest.mkdir(parents=True, exist_ok=True)  # the umask decides its mode, as for `git clone`
-            run_git(['init', '-q', f'--initial-branch={BRANCH}', str(dest)], cwd=dest)
         repo = Repo.of_tree(dest)
-        upstream_files = Lazy(pin.upstream, sources)
         if state.kind == 'up to date':
             log(f'{pin.target}: {shown} is up to date{local_work_note(repo, state.stamp)}')
             if with_authors:
                 update_authors_branch(repo, pin, state.stamp, upstream_files, sources, shown)
             return EXIT_OK
-        return update_tree(repo, inputs, state, upstream_files, sources, force=force, three_way=three_way,
-                           with_authors=with_authors)
+        if state.kind != 'missing':
+            return update_tree(repo, inputs, state, upstream_files, sources, force=force, three_way=three_way,
+                               with_authors=with_authors)
+        made = dest if not dest.exists() else dest / '.git'
+        dest.mkdir(parents=True, exist_ok=True)  # the umask decides its mode, as for `git clone`
+        try:
+            run_git(['init', '-q', f'--initial-branch={BRANCH}', str(dest)], cwd=dest)
+            return update_tree(repo, inputs, state, upstream_files, sources, force=force, three_way=three_way,
+                               with_authors=with_authors)
+        except BaseException:
+            if not journal_path(repo.git_dir).exists():  # nothing of the new tree is there yet: leave no trace
+                shutil.rmtree(made, ignore_errors=True)
+            raise
 
 
 def move_foreign_tree(dest: Path, pin: Pin, *, force: bool) -> TreeState:
@@ -183,6 +194,8 @@ def finish_update(dest: Path, journal: dict, *, force: bool) -> None:
                              '--force moves just these to a folder beside the tree (never deletes)',
                              details=[str(b) for b in blockers])
     log(f'{journal["target"]}: finishing the interrupted update of {shown} (started {journal.get("started")})')
+    for ref in ['HEAD', *journal['refs'], *(ref for ref, _ in journal['previous'])]:
+        (repo.git_dir / f'{ref}.lock').unlink(missing_ok=True)  # left by a killed `git update-ref` of that run
     perform(repo, journal, blockers)
 
 
