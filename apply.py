@@ -89,7 +89,7 @@ def validate_args(args: argparse.Namespace, pins: dict[str, Pin]) -> list[Pin]:
     if args.with_authors and not (building or args.check or args.fetch):
         raise GanpatchError('--with-authors only applies when building, with --check and with --fetch',
                             'drop it (--status and --diff report the authors branch of a tree anyway)')
-    if args.with_authors and len(targets) == 1 and targets[0].authors is None:
+    if args.with_authors and args.target.casefold() != 'all' and targets[0].authors is None:
         raise GanpatchError(f'upstream.lock pins no authors\' code for {targets[0].target}',
                             'build it without --with-authors; --list shows which targets have the authors\' code')
     return targets

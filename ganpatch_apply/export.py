@@ -21,7 +21,7 @@ from .git import Repo
 FORMAT_PATCH = ['-c', 'core.abbrev=7', '-c', 'diff.algorithm=myers', '-c', 'diff.renames=true',
                 '-c', 'diff.noprefix=false', '-c', 'diff.mnemonicPrefix=false', '-c', 'diff.relative=false',
                 '-c', 'format.signOff=false', '-c', 'format.coverLetter=false', '-c', 'format.thread=false',
-                '-c', 'format.suffix=.patch', '-c', 'format.headers=', '-c', 'format.useAutoBase=false',
+                '-c', 'format.suffix=.patch', '-c', 'format.useAutoBase=false',
                 'format-patch', '--zero-commit', '--no-signature', '-N', '--subject-prefix=PATCH']
 _NUMBERED = re.compile(rb'^Subject: \[PATCH \d+/\d+\]', re.M)
 _IN_BODY_HEADER = re.compile(r'(from|subject|date):', re.I)
