@@ -31,10 +31,6 @@ class TreeState:
     changed_inputs: list[str] = dataclasses.field(default_factory=list)  # why it is outdated
     journal: dict | None = None  # the interrupted update
 
-    @property
-    def exists(self) -> bool:
-        return self.kind not in ('missing', 'foreign')
-
 
 def inspect_tree(dest: Path, inputs: Inputs) -> TreeState:
     if not dest.exists() or is_empty_or_abandoned(dest):

@@ -1,6 +1,5 @@
 """apply.py end to end on a small upstream: the built tree, errors, --check, --list, the lock, destinations."""
 import os
-import shutil
 import socket
 import stat
 import subprocess

@@ -1,5 +1,4 @@
 """A built tree is the user's workspace: updates in place, with checkout semantics, and never lose anything."""
-import contextlib
 import os
 import shutil
 import signal
