@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     '4 upstream rejected, 5 patch does not apply, 6 work in the destination blocks the update.')
     parser.add_argument('--target', help='a target of upstream.lock (case-insensitive, aliases too) or `all`')
     parser.add_argument('--dest', type=Path, help='destination (default build/<target>; with `all`, the parent)')
-    parser.add_argument('--source', type=Path, help='git repository or .tar.gz/.zip of the pinned upstream (one target)')
+    parser.add_argument('--source', type=Path,
+                        help='git repository or .tar.gz/.zip of the pinned upstream (one target)')
     parser.add_argument('--mirror', type=Path, default=os.environ.get('GANPATCH_MIRROR') or None,
                         help='directory of git mirrors or archives (default $GANPATCH_MIRROR)')
     parser.add_argument('--offline', action='store_true', help='never use the network')

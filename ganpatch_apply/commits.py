@@ -159,7 +159,8 @@ def read_mail(repo: Repo, patch: Path, scratch: Path) -> Mail:
     info = repo.run(['mailinfo', '-b', '-u', str(scratch / 'msg'), str(scratch / 'patch')],
                     stdin=patch.read_bytes(), check=False)
     if info.returncode != 0:
-        raise PatchError(f'patch {patch.name} cannot be read as a mail ({info.stderr.decode(errors="replace").strip()})',
+        reason = info.stderr.decode(errors='replace').strip()
+        raise PatchError(f'patch {patch.name} cannot be read as a mail ({reason})',
                          'regenerate it with git format-patch')
     fields = dict(line.split(': ', 1) for line in info.stdout.decode('utf-8', 'replace').splitlines() if ': ' in line)
     name, address = _without_crud(fields.get('Author', '')), _without_crud(fields.get('Email', ''))

@@ -46,7 +46,8 @@ def mirror_candidates(mirror: Path, source: Source) -> list[Path]:
     return [mirror / name for name in names if (mirror / name).exists()]
 
 
-def fetch(source: Source, sources: Sources, *, fill_cache: bool = True, require_cache: bool = False) -> tuple[Files, str]:
+def fetch(source: Source, sources: Sources, *, fill_cache: bool = True, require_cache: bool = False
+          ) -> tuple[Files, str]:
     """The verified pinned tree and a description of where it came from.
 
     fill_cache: store a tree that did not come from the cache (a failure to store is a warning,

@@ -7,10 +7,9 @@ the next run, and `--status` reports it as interrupted in the meantime.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .stamp import write_json
+from .stamp import read_json, write_json
 
 JOURNAL_NAME = 'ganpatch-update.json'
 
@@ -20,11 +19,8 @@ def journal_path(git_dir: Path) -> Path:
 
 
 def read_journal(git_dir: Path) -> dict | None:
-    try:
-        journal = json.loads(journal_path(git_dir).read_text(encoding='utf-8'))
-    except (OSError, ValueError):
-        return None
-    return journal if isinstance(journal, dict) and 'to' in journal else None
+    journal = read_json(journal_path(git_dir))
+    return journal if journal is not None and 'to' in journal else None
 
 
 def write_journal(git_dir: Path, journal: dict) -> None:

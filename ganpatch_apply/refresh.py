@@ -54,7 +54,8 @@ def refresh_target(project: Project, pin: Pin, dest: Path, sources: Sources, *, 
         conflict_tree = stamp.get('state') == 'conflict'
         upstream = repo.resolve(UPSTREAM_TAG)
         if upstream is None:
-            raise GanpatchError(f'{shown} has no tag {UPSTREAM_TAG}', 'tag the pristine upstream commit again, or rebuild')
+            raise GanpatchError(f'{shown} has no tag {UPSTREAM_TAG}',
+                                'tag the pristine upstream commit again, or rebuild')
         tip = 'HEAD' if conflict_tree else patch_commits_tip(repo, find_overlay_commit(repo, shown), is_overlay)
         commits, tip = without_empty_commits(repo, upstream, repo.resolve(tip))
         check_messages(repo, commits)
@@ -164,7 +165,8 @@ def replay_commits(repo: Repo, base: str, commits: list[str]) -> str:
 
 def without_empty_commits(repo: Repo, base: str, tip: str) -> tuple[list[str], str]:
     """The commits of `base..tip` that change something, and their tip (empty ones are noted and left out)."""
-    records = [line.split() for line in repo.text(['log', '--reverse', '--format=%H %T %P', f'{base}..{tip}']).splitlines()]
+    log_out = repo.text(['log', '--reverse', '--format=%H %T %P', f'{base}..{tip}'])
+    records = [line.split() for line in log_out.splitlines()]
     trees = {base: repo.text(['rev-parse', f'{base}^{{tree}}']), **{record[0]: record[1] for record in records}}
     commits = [record[0] for record in records if record[1] != trees.get(record[2] if len(record) > 2 else '')]
     if len(commits) == len(records):
@@ -184,7 +186,8 @@ def check_messages(repo: Repo, commits: list[str]) -> None:
         subject = message.split(b'\n', 1)[0].decode('utf-8', 'replace')
         problems += [f'commit {commit[:12]} ({subject[:50]}): {problem}' for problem in message_problems(message)]
     if problems:
-        raise GanpatchError(f'a patch file would change {plural(len(problems), "commit message")} (or part of it)', 'reword them (git rebase -i upstream, `reword`) and refresh again',
+        raise GanpatchError(f'a patch file would change {plural(len(problems), "commit message")} (or part of it)',
+                            'reword them (git rebase -i upstream, `reword`) and refresh again',
                             details=problems)
 
 
@@ -289,7 +292,8 @@ def prove(repo: Repo, view: Inputs, commits: list[str], conflict_tree: bool, is_
             built = build_commits(rebuilt_repo, view, upstream_files)
         except PatchError as exc:
             raise PatchError(f'the exported series does not rebuild the tree: {exc}',
-                             'patches/ and overlays/ were not changed; please report this as a bug in apply.py') from exc
+                             'patches/ and overlays/ were not changed; please report this as a bug in apply.py'
+                             ) from exc
         problems = compare_commits(rebuilt_repo, commits, list(built.patches))
         if not problems and not conflict_tree:
             expected = tree_with_overlay_edits(repo, rebuilt_repo, is_overlay)

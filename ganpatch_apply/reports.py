@@ -30,7 +30,8 @@ def list_targets(project: Project, pins: dict[str, Pin]) -> int:
         authors = (f'{pin.authors.source.slug}@{pin.authors.source.commit[:7]}'
                    f'{"" if is_cached(pin.authors.source) else " (not cached)"}') if pin.authors else 'none'
         rows.append((pin.target + aliases, pin.status or 'not stated', str(count), pin.upstream.slug,
-                     pin.upstream.commit[:12], 'yes' if is_cached(pin.upstream) else 'no', authors, pin.upstream.license))
+                     pin.upstream.commit[:12], 'yes' if is_cached(pin.upstream) else 'no', authors,
+                     pin.upstream.license))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) + '  ' + row[-1])
@@ -125,7 +126,8 @@ def print_details(repo: Repo, inputs: Inputs, state: TreeState) -> None:
     upstream = repo.resolve(UPSTREAM_TAG)
     if upstream is not None:
         tree = repo.text(['rev-parse', f'{upstream}^{{tree}}'])
-        verdict = 'pristine (tree id matches the lock)' if tree == pin.upstream.tree else f'not the pinned tree ({tree})'
+        pristine = tree == pin.upstream.tree
+        verdict = 'pristine (tree id matches the lock)' if pristine else f'not the pinned tree ({tree})'
         print(f'  upstream: {pin.upstream.slug}@{pin.upstream.commit[:12]}, tag {UPSTREAM_TAG} {verdict}')
     built = dict(stamp.get('patches') or [])
     current = inputs.digest()['patches']

@@ -24,11 +24,17 @@ def stamp_path(git_dir: Path) -> Path:
 
 
 def read_stamp(git_dir: Path) -> dict | None:
+    stamp = read_json(stamp_path(git_dir))
+    return stamp if stamp is not None and stamp.get('format') in READABLE_FORMATS else None
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object, or None when the file is missing, unreadable or not one."""
     try:
-        stamp = json.loads(stamp_path(git_dir).read_text(encoding='utf-8'))
+        data = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError):
         return None
-    return stamp if isinstance(stamp, dict) and stamp.get('format') in READABLE_FORMATS else None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -166,7 +166,7 @@ class Project:
         (self.root / 'overlays' / 'demo' / 'run_demo.sh').write_text(text)
 
 
-def lock_text(upstream: Upstream, authors: Upstream | None = None, change: str = 'patch = "their.patch"') -> str:
+def make_lock_text(upstream: Upstream, authors: Upstream | None = None, change: str = 'patch = "their.patch"') -> str:
     text = (f'[demo]\nrepo = "https://github.com/test/demo"\ncommit = "{upstream.commit}"\n'
             f'tree = "{upstream.tree}"\nlicense = "MIT"\nstatus = "usable"\naliases = ["Demo-Alias"]\n')
     if authors is not None:
@@ -181,7 +181,7 @@ def demo_project(tmp_path, demo_upstream, demo_authors, monkeypatch) -> Project:
     root.mkdir()
     shutil.copy(REPO_ROOT / 'apply.py', root / 'apply.py')
     shutil.copytree(REPO_ROOT / 'ganpatch_apply', root / 'ganpatch_apply', ignore=shutil.ignore_patterns('__pycache__'))
-    (root / 'upstream.lock').write_text(lock_text(demo_upstream, demo_authors))
+    (root / 'upstream.lock').write_text(make_lock_text(demo_upstream, demo_authors))
     names = make_patches(demo_upstream, root / 'patches' / 'demo', PATCH_EDITS)
     (root / 'patches' / 'demo' / 'series').write_text('# Patch series for demo.\n' + ''.join(f'{n}\n' for n in names))
     write(root / 'overlays' / 'common' / 'ganpatch' / '__init__.py', '"""ganpatch overlay."""\n')
@@ -191,6 +191,29 @@ def demo_project(tmp_path, demo_upstream, demo_authors, monkeypatch) -> Project:
         monkeypatch.delenv(key)
     monkeypatch.setenv('GANPATCH_CACHE', str(project.cache))  # for in-process runs
     return project
+
+
+@pytest.fixture(scope='session')
+def lock_text():
+    """`lock_text(upstream, authors=None, change='patch = "their.patch"')`: an upstream.lock for target demo."""
+    return make_lock_text
+
+
+def stash_and_branch(tree: Path) -> None:
+    """A stash (of a README edit) and a branch `idea` with one commit of its own; HEAD back on main."""
+    (tree / 'README.md').write_text('work in progress\n')
+    git('stash', '-q', cwd=tree)
+    git('checkout', '-q', '-b', 'idea', cwd=tree)
+    (tree / 'idea.py').write_text('IDEA = 1\n')
+    git('add', 'idea.py', cwd=tree)
+    git('commit', '-qm', 'an idea', cwd=tree)
+    git('checkout', '-q', 'main', cwd=tree)
+
+
+@pytest.fixture(scope='session')
+def add_stash_and_branch():
+    """`add_stash_and_branch(tree)`: see `stash_and_branch`."""
+    return stash_and_branch
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """--with-authors: branch `authors` = the upstream commit + the original authors' change, pinned like an upstream."""
 import pytest
-from conftest import lock_text
 
 from ganpatch_apply.errors import EXIT_ERROR, EXIT_LOCAL_WORK, EXIT_NO_SOURCE, EXIT_PATCH
 
@@ -35,7 +34,7 @@ def test_the_authors_branch_holds_their_patch_on_the_upstream(demo_project, run_
         sorted([f'{demo_project.upstream.tree}.tar', f'{demo_project.authors.tree}.tar'])
 
 
-def test_the_authors_files_replace_the_upstreams(demo_project, run_git, mirror, tmp_path):
+def test_the_authors_files_replace_the_upstreams(demo_project, run_git, mirror, tmp_path, lock_text):
     (demo_project.root / 'upstream.lock').write_text(
         lock_text(demo_project.upstream, demo_project.authors, change='files = ["pkg/sub/deep.py"]'))
     tree = tmp_path / 'demo'
@@ -79,7 +78,7 @@ def test_diff_summarises_the_difference_to_the_authors(demo_project, mirror, tmp
 
 
 def test_a_stale_authors_branch_is_reported_and_moved_keeping_the_users_commits(demo_project, run_git, mirror,
-                                                                               tmp_path):
+                                                                               tmp_path, lock_text):
     tree = tmp_path / 'demo'
     build_with_authors(demo_project, tree, mirror)
     run_git('checkout', '-q', 'authors', cwd=tree)
@@ -95,7 +94,8 @@ def test_a_stale_authors_branch_is_reported_and_moved_keeping_the_users_commits(
     assert result.returncode == EXIT_LOCAL_WORK and 'branch authors is checked out' in result.stderr
     run_git('checkout', '-q', 'main', cwd=tree)
     build_with_authors(demo_project, tree, mirror).check_returncode()
-    [kept] = run_git('for-each-ref', '--format=%(refname) %(objectname)', 'refs/ganpatch/previous', cwd=tree).split('\n')
+    [kept] = run_git('for-each-ref', '--format=%(refname) %(objectname)', 'refs/ganpatch/previous',
+                     cwd=tree).splitlines()
     assert kept.endswith(f'-authors {mine}')
     assert run_git('diff', '--name-only', 'upstream', 'authors', cwd=tree) == 'pkg/sub/deep.py'
 
@@ -113,7 +113,7 @@ def test_an_update_rebuilds_the_authors_branch_with_the_option(demo_project, run
     assert run_git('for-each-ref', 'refs/ganpatch/previous/*-authors', cwd=tree) == ''
 
 
-def test_a_target_without_authors_code_says_so(demo_project, tmp_path):
+def test_a_target_without_authors_code_says_so(demo_project, tmp_path, lock_text):
     (demo_project.root / 'upstream.lock').write_text(lock_text(demo_project.upstream))
     result = demo_project.run('--target', 'demo', '--source', demo_project.upstream.path, '--dest', tmp_path / 'd',
                               '--with-authors')
@@ -129,7 +129,7 @@ def test_a_target_without_authors_code_says_so(demo_project, tmp_path):
     assert 'authors: none pinned for demo' in status
 
 
-def test_their_patch_must_apply_at_zero_fuzz(demo_project, run_git, tmp_path):
+def test_their_patch_must_apply_at_zero_fuzz(demo_project, run_git, tmp_path, lock_text):
     their = tmp_path / 'their-code'
     run_git('clone', '-q', str(demo_project.authors.path), str(their), cwd=tmp_path)
     (their / 'their.patch').write_text((their / 'their.patch').read_text().replace('return 7', 'return 77', 1))
@@ -141,7 +141,8 @@ def test_their_patch_must_apply_at_zero_fuzz(demo_project, run_git, tmp_path):
     run_git('clone', '-q', '--bare', str(demo_project.upstream.path), str(mirror / 'demo.git'), cwd=tmp_path)
     run_git('clone', '-q', '--bare', str(their), str(mirror / 'their-code.git'), cwd=tmp_path)
     result = demo_project.run('--target', 'demo', '--mirror', mirror, '--offline', '--check', '--with-authors')
-    assert result.returncode == EXIT_PATCH and "the authors' patch their.patch does not apply: pkg/mod.py" in result.stderr
+    assert result.returncode == EXIT_PATCH
+    assert "the authors' patch their.patch does not apply: pkg/mod.py" in result.stderr
 
 
 def test_the_authors_code_needs_a_source(demo_project, tmp_path):

@@ -5,7 +5,6 @@ import stat
 import subprocess
 
 import pytest
-from conftest import lock_text
 
 from ganpatch_apply import cache, commits
 from ganpatch_apply.errors import EXIT_ERROR, EXIT_LOCAL_WORK, EXIT_NO_SOURCE, EXIT_PATCH
@@ -43,7 +42,7 @@ def test_build_makes_upstream_patch_and_overlay_commits(demo_project, run_git, t
 
 
 def test_the_commits_are_those_git_am_makes(demo_project, run_git, tmp_path):
-    """Same ids as `git am` with ganpatch's fixed committer: the patch's author, date and message kept exactly."""
+    """Same ids as `git am --keep-non-patch` with ganpatch's committer: the patch's author, date, message kept."""
     tree = demo_project.build(tmp_path / 'tree')
     replay = tmp_path / 'replay'
     env = {'GIT_COMMITTER_NAME': 'ganpatch', 'GIT_COMMITTER_EMAIL': 'ganpatch@localhost'}
@@ -51,7 +50,7 @@ def test_the_commits_are_those_git_am_makes(demo_project, run_git, tmp_path):
     run_git('fetch', '-q', str(tree), 'upstream', cwd=replay)
     run_git('checkout', '-q', 'FETCH_HEAD', cwd=replay)
     patches = [str(demo_project.root / 'patches' / 'demo' / name) for name in demo_project.series()]
-    run_git('am', '-q', '--keep-cr', *patches, cwd=replay, env=env)
+    run_git('am', '-q', '--keep-cr', '--keep-non-patch', *patches, cwd=replay, env=env)
     assert run_git('rev-parse', 'HEAD', cwd=replay) == run_git('rev-parse', 'ganpatch-overlays~1', cwd=tree)
 
 
@@ -329,7 +328,7 @@ def test_check_warns_about_a_patch_without_description(demo_project):
     assert f'warning: patches/demo/{first} has no description' in result.stderr
 
 
-def test_target_all_builds_every_target_under_dest_and_reports_each_failure(demo_project, tmp_path):
+def test_target_all_builds_every_target_under_dest_and_reports_each_failure(demo_project, tmp_path, lock_text):
     lock = demo_project.root / 'upstream.lock'
     second = lock_text(demo_project.upstream).replace('[demo]', '[second]').replace('Demo-Alias', 'S')
     lock.write_text(lock.read_text() + '\n' + second)

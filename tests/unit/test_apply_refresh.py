@@ -85,17 +85,11 @@ def test_adding_a_patch_rewrites_no_other_patch_file(demo_project, run_git, tmp_
         {path: data for path, data in before.items() if not path.endswith('series')}
 
 
-def test_the_maintenance_loop_keeps_stashes_and_branches(demo_project, run_git, tmp_path):
+def test_the_maintenance_loop_keeps_stashes_and_branches(demo_project, run_git, tmp_path, add_stash_and_branch):
     """The issue's reproduction: stash, branch, commit an upstream edit, --refresh, rebuild (from inside the tree)."""
     tree = demo_project.root / 'build' / 'demo'
     demo_project.run('--target', 'demo', '--source', demo_project.upstream.path, check_rc=0)
-    (tree / 'README.md').write_text('work in progress\n')
-    run_git('stash', '-q', cwd=tree)
-    run_git('checkout', '-q', '-b', 'idea', cwd=tree)
-    (tree / 'idea.py').write_text('IDEA = 1\n')
-    run_git('add', 'idea.py', cwd=tree)
-    run_git('commit', '-qm', 'an idea', cwd=tree)
-    run_git('checkout', '-q', 'main', cwd=tree)
+    add_stash_and_branch(tree)
     (tree / 'pkg' / 'sub' / 'deep.py').write_text('VALUE = 4\n')
     run_git('commit', '-qam', 'deep: VALUE is 4\n\nWhy: the upstream edit of the loop.', cwd=tree)
     demo_project.run('--target', 'demo', '--refresh', cwd=tree, check_rc=0)

@@ -52,17 +52,12 @@ def test_an_up_to_date_tree_is_never_refused(demo_project, run_git, tmp_path):
     assert demo_project.run('--target', 'all', '--dest', tmp_path, '--offline').returncode == 0
 
 
-def test_an_outdated_tree_is_updated_in_place_and_git_state_survives(demo_project, run_git, tmp_path):
+def test_an_outdated_tree_is_updated_in_place_and_git_state_survives(demo_project, run_git, tmp_path,
+                                                                      add_stash_and_branch):
     tree = demo_project.build(tmp_path / 'demo')
     old_head = head(run_git, tree)
     kept = outputs(tree)
-    (tree / 'README.md').write_text('stashed edit\n')
-    run_git('stash', '-q', cwd=tree)
-    run_git('checkout', '-q', '-b', 'idea', cwd=tree)
-    (tree / 'idea.txt').write_text('idea\n')
-    run_git('add', 'idea.txt', cwd=tree)
-    run_git('commit', '-qm', 'an idea', cwd=tree)
-    run_git('checkout', '-q', 'main', cwd=tree)
+    add_stash_and_branch(tree)
     run_git('tag', 'v-mine', cwd=tree)
     run_git('remote', 'add', 'lab', 'https://example.com/lab.git', cwd=tree)
     run_git('config', 'user.name', 'Researcher', cwd=tree)
@@ -106,7 +101,8 @@ def test_a_modified_tracked_file_blocks_and_force_moves_just_it_aside(demo_proje
     [aside] = [path for path in tree.parent.iterdir() if path.name.startswith('demo.aside-')]
     assert aside.name in result.stderr
     assert (aside / 'pkg' / 'mod.py').read_text() == '# research edit\n'
-    assert (aside / 'new.py').read_text() == 'staged, then edited\n' and (aside / 'new.py.staged').read_text() == 'staged\n'
+    assert (aside / 'new.py').read_text() == 'staged, then edited\n'
+    assert (aside / 'new.py.staged').read_text() == 'staged\n'
     assert sorted(p.relative_to(aside).as_posix() for p in aside.rglob('*') if p.is_file()) == \
         ['new.py', 'new.py.staged', 'pkg/mod.py']
     assert 'return 30' in (tree / 'pkg' / 'mod.py').read_text() and not (tree / 'new.py').exists()
