@@ -32,7 +32,7 @@ from .inputs import (PACKAGE_DIR_IN_TREE, Inputs, Project, file_digest, is_skipp
 from .journal import read_journal
 from .pins import Pin
 from .sourcing import Lazy
-from .staging import Change, inputs_lock, install, stage
+from .staging import Change, discard, inputs_lock, install, stage
 from .stamp import built_inputs, read_stamp
 from .state import modified_files, operation_in_progress, untracked_paths
 
@@ -46,6 +46,10 @@ def refresh_target(project: Project, pin: Pin, dest: Path, sources: Sources, *, 
         repo, stamp = open_tree(tree, pin)
         inputs = read_inputs(project, pin)
         baseline = stamp.get('refreshed') or built_inputs(stamp)
+        if baseline['upstream'] != inputs.digest()['upstream']:
+            raise GanpatchError(f'{shown} was built on another upstream than upstream.lock pins now',
+                                f'update the tree first (apply.py --target {pin.target}, with --3way if a patch '
+                                'no longer applies), then refresh')
         if baseline['patches'] != inputs.digest()['patches'] and not force:
             raise GanpatchError(f'patches/{pin.target} changed since {shown} was built or refreshed',
                                 'rebuild the tree first, or pass --force to overwrite patches/ with the tree')
@@ -64,8 +68,12 @@ def refresh_target(project: Project, pin: Pin, dest: Path, sources: Sources, *, 
                                                                      force=force)
         changes += [change for change, _ in overlay_plan]
         staged = stage(project, pin.target, changes)
-        view = staged_inputs(project, pin, changes, staged, overlay_plan)
-        prove(repo, view, commits, conflict_tree, is_overlay, Lazy(pin.upstream, sources))
+        try:
+            view = staged_inputs(project, pin, changes, staged, overlay_plan)
+            prove(repo, view, commits, conflict_tree, is_overlay, Lazy(pin.upstream, sources))
+        except BaseException:
+            discard(project, pin.target)
+            raise
         refreshed = {**view.digest(), 'head': repo.resolve('HEAD')}
         install(project, pin.target, changes, staged, (repo.git_dir, {**stamp, 'refreshed': refreshed}))
     lines = patch_lines + [overlay_line for _, overlay_line in overlay_plan]

@@ -101,6 +101,11 @@ def roll_forward(project: Project, area: Path) -> None:
     shutil.rmtree(area)
 
 
+def discard(project: Project, target: str) -> None:
+    """Removes staged files that will not be installed (before the journal, nothing else was touched)."""
+    shutil.rmtree(staging_area(project, target), ignore_errors=True)
+
+
 def finish_interrupted(project: Project, target: str) -> None:
     area = staging_area(project, target)
     if not area.exists():
@@ -109,4 +114,4 @@ def finish_interrupted(project: Project, target: str) -> None:
         log(f'{target}: finishing an interrupted --refresh (its files were verified before it was killed)')
         roll_forward(project, area)
     else:
-        shutil.rmtree(area)  # killed before the point of no return: patches/ and overlays/ were not touched
+        discard(project, target)  # killed before the point of no return: patches/ and overlays/ were not touched

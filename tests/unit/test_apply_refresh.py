@@ -129,6 +129,7 @@ def test_a_message_change_the_checks_miss_is_caught_by_the_proof(demo_project, r
     assert result.returncode == EXIT_PATCH, result.stderr
     assert 'would not rebuild the tree' in result.stderr and 'its message would change' in result.stderr
     assert demo_project.snapshot() == before and stray_files(demo_project) == []
+    assert not (demo_project.root / 'build' / '.refresh-demo').exists()
 
 
 def test_an_overlay_edit_a_rebuild_cannot_reproduce_is_caught_by_the_proof(demo_project, run_git, tmp_path):
@@ -165,6 +166,14 @@ def test_refresh_ignores_untracked_outputs_and_refuses_uncommitted_upstream_edit
     result = refresh(demo_project, tree)
     assert result.returncode == EXIT_ERROR and 'M README.md' in result.stderr and 'commit them' in result.stderr
     assert demo_project.snapshot() == before
+
+
+def test_refresh_refuses_a_tree_built_on_another_upstream(demo_project, tmp_path):
+    tree = demo_project.build(tmp_path / 'demo')
+    lock = demo_project.root / 'upstream.lock'
+    lock.write_text(lock.read_text().replace(demo_project.upstream.tree, 'f' * 40))
+    result = refresh(demo_project, tree)
+    assert result.returncode == EXIT_ERROR and 'built on another upstream' in result.stderr and 'hint:' in result.stderr
 
 
 def test_refresh_refuses_a_commit_mixing_overlay_and_upstream_files(demo_project, run_git, tmp_path):
