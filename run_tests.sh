@@ -22,9 +22,9 @@ if [ -z "${GANPATCH_MIRROR:-}" ] && [ -d ../shared/upstreams ]; then
     export GANPATCH_MIRROR
 fi
 
-# Fill the cache with every pinned upstream (a no-op when it is warm). Without a source the tests
-# below fail, naming what is missing, unless GANPATCH_ALLOW_SKIP=1.
-if ! "$venv/bin/python" apply.py --fetch --target all; then
+# Fill the cache with every pinned upstream and the original authors' code (a no-op when it is warm).
+# Without a source the tests below fail, naming what is missing, unless GANPATCH_ALLOW_SKIP=1.
+if ! "$venv/bin/python" apply.py --fetch --target all --with-authors; then
     echo "run_tests.sh: some upstreams could not be fetched; the integration tests that need them will fail" \
          "(set GANPATCH_ALLOW_SKIP=1 to skip them instead)" >&2
 fi

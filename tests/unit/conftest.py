@@ -1,10 +1,12 @@
 """Small upstreams and ganpatch projects built inside the tests (no network, no real upstream).
 
 `demo_upstream` is a git repository with nested folders, an executable, a symlink and a binary file.
-`demo_project` is a copy of apply.py with its own upstream.lock (target `demo`, alias `Demo-Alias`)
-pinning that repository, a two-patch series and overlays; `demo_project.run(...)` runs apply.py on it.
+`demo_authors` is a repository standing for the original authors' code: a diff against the demo
+upstream (`their.patch`) and a modified copy of one of its files (`pkg/sub/deep.py`).
+`demo_project` is a copy of apply.py and ganpatch_apply/ with its own upstream.lock (target `demo`,
+alias `Demo-Alias`, with the authors' patch) pinning those repositories, a two-patch series and
+overlays; `demo_project.run(...)` runs apply.py on it.
 """
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,6 +17,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
 FIXED_DATE = '946684800 +0000'
 GIT_ENV = {
     'GIT_AUTHOR_NAME': 'Upstream Author', 'GIT_AUTHOR_EMAIL': 'author@example.com', 'GIT_AUTHOR_DATE': FIXED_DATE,
@@ -24,9 +29,10 @@ GIT_ENV = {
 BINARY = bytes(range(256)) * 4
 
 
-def git(*args, cwd, input=None) -> str:
+def git(*args, cwd, input=None, env=None) -> str:
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith('GIT_')}
     result = subprocess.run(['git', *args], cwd=cwd, input=input, capture_output=True,
-                            env={**os.environ, **GIT_ENV}, check=True)
+                            env={**full_env, **GIT_ENV, **(env or {})}, check=True)
     return result.stdout.decode().strip()
 
 
@@ -35,20 +41,6 @@ def write(path: Path, text: str | bytes, executable: bool = False) -> Path:
     path.write_bytes(text.encode() if isinstance(text, str) else text)
     path.chmod(0o755 if executable else 0o644)
     return path
-
-
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope='session')
-def apply_module():
-    """The repository's apply.py, imported for its functions."""
-    return load_module(REPO_ROOT / 'apply.py', 'ganpatch_apply')
 
 
 @pytest.fixture(scope='session')
@@ -64,6 +56,12 @@ class Upstream:
     tree: str
 
 
+def commit_all(path: Path, message: str) -> Upstream:
+    git('add', '-A', cwd=path)
+    git('commit', '-q', '-m', message, cwd=path)
+    return Upstream(path, git('rev-parse', 'HEAD', cwd=path), git('rev-parse', 'HEAD^{tree}', cwd=path))
+
+
 @pytest.fixture(scope='session')
 def demo_upstream(tmp_path_factory) -> Upstream:
     path = tmp_path_factory.mktemp('upstream') / 'demo'
@@ -76,9 +74,24 @@ def demo_upstream(tmp_path_factory) -> Upstream:
     write(path / 'data.bin', BINARY)
     (path / 'link.py').symlink_to('pkg/mod.py')
     git('init', '-q', '--initial-branch=master', cwd=path)
-    git('add', '-A', cwd=path)
-    git('commit', '-q', '-m', 'initial upstream', cwd=path)
-    return Upstream(path, git('rev-parse', 'HEAD', cwd=path), git('rev-parse', 'HEAD^{tree}', cwd=path))
+    return commit_all(path, 'initial upstream')
+
+
+@pytest.fixture(scope='session')
+def demo_authors(tmp_path_factory, demo_upstream) -> Upstream:
+    """The authors' repository: their diff against the upstream (with a trailing space, as real ones
+    have) and their version of pkg/sub/deep.py."""
+    work = tmp_path_factory.mktemp('authors-work') / 'work'
+    git('clone', '-q', str(demo_upstream.path), str(work), cwd=work.parent)
+    mod = work / 'pkg' / 'mod.py'
+    mod.write_text(mod.read_text().replace('return 7\n', 'return 7 * CLIP \n'))
+    diff = git('diff', cwd=work) + '\n'
+    path = tmp_path_factory.mktemp('authors') / 'their-code'
+    write(path / 'README.md', 'The authors\' code.\n')
+    write(path / 'their.patch', diff)
+    write(path / 'pkg' / 'sub' / 'deep.py', 'VALUE = 2  # theirs\n')
+    git('init', '-q', '--initial-branch=main', cwd=path)
+    return commit_all(path, 'their code')
 
 
 def make_patches(upstream: Upstream, out: Path, edits: list[tuple[str, str, str]], base_edits=(), start=1) -> list[str]:
@@ -117,12 +130,15 @@ class Project:
     root: Path
     cache: Path
     upstream: Upstream
+    authors: Upstream
 
-    def run(self, *args, env=None, check_rc=None) -> subprocess.CompletedProcess:
-        full_env = {key: value for key, value in os.environ.items() if not key.startswith('GANPATCH_')}
-        full_env.update(GANPATCH_CACHE=str(self.cache), **(env or {}))
-        result = subprocess.run([sys.executable, str(self.root / 'apply.py'), *map(str, args)], cwd=self.root,
-                                capture_output=True, text=True, env=full_env)
+    def env(self, extra=None) -> dict:
+        full_env = {key: value for key, value in os.environ.items() if not key.startswith(('GANPATCH_', 'GIT_'))}
+        return {**full_env, 'GANPATCH_CACHE': str(self.cache), **(extra or {})}
+
+    def run(self, *args, env=None, check_rc=None, cwd=None) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, str(self.root / 'apply.py'), *map(str, args)], cwd=cwd or self.root,
+                                capture_output=True, text=True, env=self.env(env))
         if check_rc is not None:
             assert result.returncode == check_rc, result.stderr + result.stdout
         return result
@@ -131,30 +147,81 @@ class Project:
         self.run('--target', 'demo', '--dest', dest, '--source', self.upstream.path, *args, check_rc=0)
         return dest
 
-    def load_module(self):
-        """The project's apply.py imported in-process (for monkeypatching)."""
-        return load_module(self.root / 'apply.py', f'ganpatch_apply_{id(self)}')
+    def main(self, *args) -> int:
+        """apply.py's main() in this process (for monkeypatching), on this project."""
+        import apply
+        return apply.main([*map(str, args)], root=self.root)
 
     def snapshot(self) -> dict[str, bytes]:
         """Every byte under patches/ and overlays/."""
         return {str(path.relative_to(self.root)): path.read_bytes()
                 for base in ('patches', 'overlays') for path in sorted((self.root / base).rglob('*')) if path.is_file()}
 
+    def series(self) -> list[str]:
+        text = (self.root / 'patches' / 'demo' / 'series').read_text()
+        return [line for line in text.splitlines() if line and not line.startswith('#')]
 
-def lock_text(upstream: Upstream) -> str:
-    return (f'[demo]\nrepo = "https://github.com/test/demo"\ncommit = "{upstream.commit}"\n'
-            f'tree = "{upstream.tree}"\nlicense = "MIT"\naliases = ["Demo-Alias"]\n')
+    def edit_overlay(self, text: str = '#!/bin/sh\necho v2\n') -> None:
+        """Changes an overlay file: every tree built before becomes outdated."""
+        (self.root / 'overlays' / 'demo' / 'run_demo.sh').write_text(text)
+
+
+def make_lock_text(upstream: Upstream, authors: Upstream | None = None, change: str = 'patch = "their.patch"') -> str:
+    text = (f'[demo]\nrepo = "https://github.com/test/demo"\ncommit = "{upstream.commit}"\n'
+            f'tree = "{upstream.tree}"\nlicense = "MIT"\nstatus = "usable"\naliases = ["Demo-Alias"]\n')
+    if authors is not None:
+        text += (f'\n[demo.authors]\nrepo = "https://github.com/them/their-code"\ncommit = "{authors.commit}"\n'
+                 f'tree = "{authors.tree}"\nlicense = "none stated"\n{change}\n')
+    return text
 
 
 @pytest.fixture
-def demo_project(tmp_path, demo_upstream) -> Project:
-    upstream = demo_upstream
+def demo_project(tmp_path, demo_upstream, demo_authors, monkeypatch) -> Project:
     root = tmp_path / 'project'
     root.mkdir()
     shutil.copy(REPO_ROOT / 'apply.py', root / 'apply.py')
-    (root / 'upstream.lock').write_text(lock_text(upstream))
-    names = make_patches(upstream, root / 'patches' / 'demo', PATCH_EDITS)
+    shutil.copytree(REPO_ROOT / 'ganpatch_apply', root / 'ganpatch_apply', ignore=shutil.ignore_patterns('__pycache__'))
+    (root / 'upstream.lock').write_text(make_lock_text(demo_upstream, demo_authors))
+    names = make_patches(demo_upstream, root / 'patches' / 'demo', PATCH_EDITS)
     (root / 'patches' / 'demo' / 'series').write_text('# Patch series for demo.\n' + ''.join(f'{n}\n' for n in names))
     write(root / 'overlays' / 'common' / 'ganpatch' / '__init__.py', '"""ganpatch overlay."""\n')
     write(root / 'overlays' / 'demo' / 'run_demo.sh', '#!/bin/sh\npython -c "import ganpatch"\n', executable=True)
-    return Project(root, tmp_path / 'cache', upstream)
+    project = Project(root, tmp_path / 'cache', demo_upstream, demo_authors)
+    for key in [key for key in os.environ if key.startswith(('GANPATCH_', 'GIT_'))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv('GANPATCH_CACHE', str(project.cache))  # for in-process runs
+    return project
+
+
+@pytest.fixture(scope='session')
+def lock_text():
+    """`lock_text(upstream, authors=None, change='patch = "their.patch"')`: an upstream.lock for target demo."""
+    return make_lock_text
+
+
+def stash_and_branch(tree: Path) -> None:
+    """A stash (of a README edit) and a branch `idea` with one commit of its own; HEAD back on main."""
+    (tree / 'README.md').write_text('work in progress\n')
+    git('stash', '-q', cwd=tree)
+    git('checkout', '-q', '-b', 'idea', cwd=tree)
+    (tree / 'idea.py').write_text('IDEA = 1\n')
+    git('add', 'idea.py', cwd=tree)
+    git('commit', '-qm', 'an idea', cwd=tree)
+    git('checkout', '-q', 'main', cwd=tree)
+
+
+@pytest.fixture(scope='session')
+def add_stash_and_branch():
+    """`add_stash_and_branch(tree)`: see `stash_and_branch`."""
+    return stash_and_branch
+
+
+@pytest.fixture
+def mirror_of(run_git, tmp_path):
+    """`mirror_of(upstream, authors=None) -> Path`: a mirror folder holding bare clones of them."""
+    def make(*repositories: tuple[Upstream, str]) -> Path:
+        mirror = tmp_path / 'mirror'
+        for repository, slug in repositories:
+            run_git('clone', '-q', '--bare', str(repository.path), str(mirror / f'{slug}.git'), cwd=tmp_path)
+        return mirror
+    return make
