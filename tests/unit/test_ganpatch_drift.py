@@ -238,12 +238,17 @@ def noisy_players(seed):
 
 
 @pytest.mark.parametrize('player, term', list(EXACT))
-def test_estimator_means_against_the_exact_term(player, term):
+@pytest.mark.parametrize('mode', ['one player', 'simultaneous'])
+def test_estimator_means_against_the_exact_term(player, term, mode):
     for estimator in drift.ESTIMATORS:
         disc, gen, sample = noisy_players(seed=drift.TERMS.index(term))
         coeffs = {p: Terms(**{term: 1.0}) for p in drift.PLAYERS}
+        regularizer = drift.DriftRegularizer(disc, gen, coeffs, estimator=estimator)
         batch = sample()
-        _, (total,) = drift.DriftRegularizer(disc, gen, coeffs, estimator=estimator).gradients(player, batch)
+        if mode == 'one player':
+            _, (total,) = regularizer.gradients(player, batch)
+        else: # The other player's step batch is its loss gradient's minibatch, shared as v.
+            _, (total,) = regularizer.simultaneous_gradients({player: batch})[player]
         loss_grad = (1 + batch) * (X0 + Y0 if player == 'disc' else Y0 - X0)
         estimates = (total - loss_grad).numpy()
         mean, standard_error = estimates.mean(), estimates.std() / math.sqrt(N)
@@ -254,7 +259,17 @@ def test_estimator_means_against_the_exact_term(player, term):
         assert abs(mean - expected) < 5 * standard_error, (estimator, mean, expected, standard_error)
 
 
-def test_unbiased_estimator_draws_fresh_minibatches():
+@pytest.mark.parametrize('preset, lam', [('cancel-interaction-strengthen-self', None), ('co', 0.3), ('sga', 0.3)])
+def test_simultaneous_gradients_equal_the_per_player_gradients(preset, lam):
+    """Deterministic losses: sharing each player's loss gradient as the other's v changes nothing."""
+    coeffs = drift.preset_coefficients(preset, lam, lr_disc=0.1, lr_gen=0.2)
+    regularizer = drift.DriftRegularizer(*dirac_players(0.5, -0.1), coeffs)
+    both = regularizer.simultaneous_gradients()
+    for player in drift.PLAYERS:
+        assert float(both[player][1][0]) == pytest.approx(float(regularizer.gradients(player)[1][0]), rel=1e-14)
+
+
+def test_minibatch_draws_per_estimator_and_mode():
     draws = {'disc': 0, 'gen': 0}
 
     def counted(name, sample):
@@ -262,14 +277,30 @@ def test_unbiased_estimator_draws_fresh_minibatches():
             draws[name] += 1
             return sample()
         return draw
-    disc, gen, sample = noisy_players(seed=0)
-    disc.sample, gen.sample = counted('disc', sample), counted('gen', sample)
-    coeffs = {p: Terms(1.0, 1.0, 1.0) for p in drift.PLAYERS}
-    drift.DriftRegularizer(disc, gen, coeffs, estimator='unbiased').gradients('disc')
-    assert draws == {'disc': 2, 'gen': 2} # Step batch + self_norm's second; two for other_norm (dot reuses one).
-    draws.update(disc=0, gen=0)
-    drift.DriftRegularizer(disc, gen, coeffs, estimator='biased').gradients('disc')
-    assert draws == {'disc': 1, 'gen': 1}
+
+    def count(estimator, call, coefficients=Terms(1.0, 1.0, 1.0)):
+        disc, gen, sample = noisy_players(seed=0)
+        disc.sample, gen.sample = counted('disc', sample), counted('gen', sample)
+        draws.update(disc=0, gen=0)
+        call(drift.DriftRegularizer(disc, gen, {p: coefficients for p in drift.PLAYERS}, estimator=estimator))
+        return dict(draws)
+    # One player: its step batch and self_norm's v; two of the other for other_norm (other_dot_prod reuses v).
+    assert count('unbiased', lambda r: r.gradients('disc')) == {'disc': 2, 'gen': 2}
+    assert count('biased', lambda r: r.gradients('disc')) == {'disc': 1, 'gen': 1}
+    # Both players at once: each step batch's loss gradient is the other player's v.
+    assert count('unbiased', lambda r: r.simultaneous_gradients()) == {'disc': 3, 'gen': 3}
+    assert count('unbiased', lambda r: r.simultaneous_gradients(), Terms(other_dot_prod=1.0)) == {'disc': 1, 'gen': 1}
+    assert count('unbiased', lambda r: [r.gradients(p) for p in drift.PLAYERS], Terms(other_dot_prod=1.0)) == {'disc': 2, 'gen': 2}
+
+
+def test_backward_simultaneous_fills_both_grads():
+    disc, gen = dirac_players(0.5, 0.1)
+    regularizer = drift.DriftRegularizer(disc, gen, drift.preset_coefficients('cancel-interaction', lr_disc=0.1, lr_gen=0.1))
+    expected = {p: float(regularizer.gradients(p)[1][0]) for p in drift.PLAYERS}
+    losses = regularizer.backward_simultaneous()
+    assert float(disc.params[0].grad) == pytest.approx(expected['disc'], rel=1e-14)
+    assert float(gen.params[0].grad) == pytest.approx(expected['gen'], rel=1e-14)
+    assert set(losses) == set(drift.PLAYERS)
 
 
 #----------------------------------------------------------------------------

@@ -96,3 +96,14 @@ def test_cli_rejects_bad_figure_paths_before_any_work(argv, message, capsys, mon
         drift_study.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_regularized_iterates_follow_their_modified_flow_to_second_order():
+    """Dirac-GAN, alternating, over 20 time units: gradient descent with cancel-interaction against the flow with
+    the drift that remains (its self terms). Halving lr divides the distance by ~4, an O(lr^2) error."""
+    distances = []
+    for lr in (0.1, 0.05, 0.025):
+        setting = drift_study.Setting(drift_study.dirac_game(), (1.0, 1.0), lr, {'alternating': round(20 / lr)})
+        distances.append(drift_study.run_panel(setting, 'alternating').distances['Euler + cancel-interaction ~ its modified flow'])
+    ratios = [distances[0] / distances[1], distances[1] / distances[2]]
+    assert all(3.3 < ratio < 4.7 for ratio in ratios), (distances, ratios)

@@ -34,10 +34,11 @@ coefficient = multiplier * drift coefficient + explicit constant (the authors' `
                                       al., ICML 2018), which equals it for zero-sum games
 
 Each grad_p R_p is one double backward: grad_p <u, sg(v)> with u = a gradient built with `create_graph=True` and
-v a detached gradient. The *unbiased* estimator (the authors' `unbiased_estimate_fn_lowest_variance`) takes u and
-v from independent minibatches, so E[grad_p <u, v>] = grad_p <E u, E v> is the term of the expected losses; the
-*biased* one reuses one minibatch for both, which costs one forward/backward less per term but adds the
-minibatch covariance of the two gradients (see `ESTIMATORS`).
+v a detached gradient. The *unbiased* estimator takes u and v from independent minibatches (the authors'
+`unbiased_estimate_fn_lowest_variance` splits one batch in halves; here each comes from the player's sampler), so
+E[grad_p <u, v>] = grad_p <E u, E v> is the term of the expected losses; the *biased* one reuses one minibatch
+for both factors of a norm term, which saves a forward and backward pass but adds the minibatch covariance of
+the two gradients (details: `DriftRegularizer`).
 
 Learning rates that differ. The paper's coefficients (`convention='paper'`, the authors' `get_dd_coeffs`) give
 each player's interaction term that player's OWN learning rate. Matching one round of the discrete updates to the
@@ -49,7 +50,7 @@ ganpatch.drift_study`, and `tests/unit/test_ganpatch_drift.py`). The presets rep
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -247,19 +248,22 @@ class DriftRegularizer:
     Args:
         disc, gen: the two `Player`s.
         coefficients: {'disc': Terms, 'gen': Terms}, e.g. from `preset_coefficients`; None = no regularizer.
-        estimator: 'unbiased' or 'biased' (`ESTIMATORS`). With the player's step minibatch b0 (passed to
-            `backward`, else drawn) and the other player's q:
-              self_norm       unbiased: u from b0, v from a fresh draw of p.   biased: u and v from b0.
-              other_norm      unbiased: u, v from two draws of q.              biased: u and v from one draw of q.
-              other_dot_prod  u from b0, v from a draw of q (independent in both modes, so always unbiased).
-            The biased estimate of a norm term is the exact gradient of 1/2 ||grad L(b)||^2 on one minibatch b.
+        estimator: 'unbiased' or 'biased' (`ESTIMATORS`). With the player's step minibatch b0 and the other
+            player q, each term is grad_p <u, sg(v)> with
+              self_norm       u from b0; v from a fresh draw of p (unbiased) or from b0 (biased)
+              other_norm      u from a draw of q; v from another draw of q (unbiased) or the same one (biased)
+              other_dot_prod  u from b0; v = grad_q L_q from a draw of q: independent of b0 in both modes
+            The biased estimate of a norm term is the exact gradient of 1/2 ||grad L(b)||^2 on one minibatch b,
+            which adds the minibatch covariance of the two factors to the term of the expected losses.
         all_reduce: optional callable that averages a list of gradient tensors across processes in place
-            (torch.distributed); applied to each player's total gradient, so every rank steps identically.
+            (torch.distributed, e.g. `average_across_processes`); applied to each player's total gradient, so
+            every rank steps identically.
 
     `backward(name)` adds player `name`'s total gradient to its parameters' `.grad` (the other player's `.grad`
-    is left alone, whatever the loss depends on); then that player's optimizer `step()` applies it, clipping
-    included. Both players' gradients at the same point (simultaneous updates): call `backward` for both
-    before either `step()`.
+    is left alone, whatever the loss depends on); that player's optimizer `step()` then applies it, clipping
+    included (alternating updates). `backward_simultaneous()` does both players at the current point and reuses
+    each player's loss gradient as the other player's v (an independent minibatch, so the estimate stays
+    unbiased), which saves a forward and backward pass per player and per step (simultaneous updates).
     """
 
     def __init__(self, disc, gen, coefficients=None, *, estimator='unbiased', all_reduce=None):
@@ -273,36 +277,63 @@ class DriftRegularizer:
         self.all_reduce = all_reduce
 
     def gradients(self, name, batch=None):
-        """(loss at the step minibatch, detached; [total gradient per parameter of player `name`])."""
+        """(loss at the step minibatch, detached; [total gradient per parameter of player `name`]).
+        `batch` is the step minibatch b0 (None: drawn from the player's sampler)."""
         _check_choice('player', name, PLAYERS)
+        return self._total(name, *self._loss_gradients(name, batch))
+
+    def simultaneous_gradients(self, batches=None):
+        """{player: (loss, total gradient)}, both at the current parameters; `batches` = {player: b0} or None."""
+        batches = batches or {}
+        first = {name: self._loss_gradients(name, batches.get(name)) for name in PLAYERS}
+        fixed = {name: _detached(own, self.players[name].params) for name, (_, own, _) in first.items()}
+        return {name: self._total(name, *first[name], other_fixed=fixed[_other(name)]) for name in PLAYERS}
+
+    def backward(self, name, batch=None):
+        """Add player `name`'s total gradient to its parameters' `.grad`; return its loss (detached)."""
+        loss, total = self.gradients(name, batch)
+        accumulate_grad_(self.players[name].params, total)
+        return loss
+
+    def backward_simultaneous(self, batches=None):
+        """Both players' total gradients at the current point into their `.grad`; return {player: loss}."""
+        losses = {}
+        for name, (loss, total) in self.simultaneous_gradients(batches).items():
+            accumulate_grad_(self.players[name].params, total)
+            losses[name] = loss
+        return losses
+
+    def _loss_gradients(self, name, batch):
+        """(loss, grad_p L_p, grad_q L_p) at b0; with a graph where a term differentiates them again."""
         player, other = self.players[name], self.players[_other(name)]
         coeffs = self.coefficients[name]
-        batch = player.draw() if batch is None else batch
-        loss = player.loss(batch)
-        needs_graph = coeffs.self_norm != 0 or coeffs.other_dot_prod != 0
+        loss = player.loss(player.draw() if batch is None else batch)
         inputs = player.params + (other.params if coeffs.other_dot_prod != 0 else [])
-        grads = _grad(loss, inputs, create_graph=needs_graph)
-        own, mixed = grads[:len(player.params)], grads[len(player.params):]
+        grads = _grad(loss, inputs, create_graph=coeffs.self_norm != 0 or coeffs.other_dot_prod != 0)
+        return loss, grads[:len(player.params)], grads[len(player.params):]
+
+    def _total(self, name, loss, own, mixed, other_fixed=None):
+        """The loss gradient plus the regularizer gradients; `other_fixed` is a detached grad_q L_q from a
+        minibatch independent of b0 (None: drawn here when a term needs one)."""
+        player, other = self.players[name], self.players[_other(name)]
+        coeffs, biased = self.coefficients[name], self.estimator == 'biased'
+        other_gradient = lambda: other_fixed if other_fixed is not None else _grad(other.loss(other.draw()), other.params)
         terms = []
         if coeffs.self_norm != 0:
-            fixed = [None if g is None else g.detach() for g in own] if self.estimator == 'biased' \
-                else _grad(player.loss(player.draw()), player.params)
+            fixed = _detached(own, player.params) if biased else _grad(player.loss(player.draw()), player.params)
             terms.append((coeffs.self_norm, _dot(own, fixed)))
-        if coeffs.other_norm != 0 or coeffs.other_dot_prod != 0:
-            other_batch = other.draw()
-            if coeffs.other_norm != 0:
-                other_grads = _grad(other.loss(other_batch), other.params, create_graph=True)
-                fixed = [None if g is None else g.detach() for g in other_grads] if self.estimator == 'biased' \
-                    else _grad(other.loss(other.draw()), other.params)
-                terms.append((coeffs.other_norm, _dot(other_grads, fixed)))
-            else:
-                fixed = _grad(other.loss(other_batch), other.params)
-            if coeffs.other_dot_prod != 0:
-                if all(g is None for g in mixed):
-                    raise ValueError(f"{name}'s loss does not depend on the {_other(name)} parameters (detached?); "
-                                     f'other_dot_prod needs its gradient with respect to them')
-                terms.append((coeffs.other_dot_prod, _dot(mixed, fixed)))
-        total = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(player.params, own)]
+        if coeffs.other_norm != 0:
+            other_grads = _grad(other.loss(other.draw()), other.params, create_graph=True)
+            fixed = _detached(other_grads, other.params) if biased else other_gradient()
+            terms.append((coeffs.other_norm, _dot(other_grads, fixed)))
+            if other_fixed is None:
+                other_fixed = fixed # Independent of b0 in both modes: v of other_dot_prod too.
+        if coeffs.other_dot_prod != 0:
+            if all(g is None for g in mixed):
+                raise ValueError(f"{name}'s loss does not depend on the {_other(name)} parameters (detached?); "
+                                 f'other_dot_prod needs its gradient with respect to them')
+            terms.append((coeffs.other_dot_prod, _dot(mixed, other_gradient())))
+        total = _detached(own, player.params)
         regularizer = sum(coeff * value for coeff, value in terms if value is not None and value.requires_grad)
         if torch.is_tensor(regularizer):
             for accumulated, extra in zip(total, _grad(regularizer, player.params)):
@@ -312,11 +343,10 @@ class DriftRegularizer:
             self.all_reduce(total)
         return loss.detach(), total
 
-    def backward(self, name, batch=None):
-        """Add player `name`'s total gradient to its parameters' `.grad`; return its loss (detached)."""
-        loss, total = self.gradients(name, batch)
-        accumulate_grad_(self.players[name].params, total)
-        return loss
+
+def _detached(grads, params):
+    """Detached copies of `grads`, zeros where a parameter got no gradient."""
+    return [torch.zeros_like(p) if g is None else g.detach().clone() for p, g in zip(params, grads, strict=True)]
 
 
 def accumulate_grad_(params, grads):

@@ -83,8 +83,8 @@ class RungeKutta:
                 if i > 0:
                     self._move(players, start, stage, step_sizes, self.stage_scales[i - 1])
                 stage = {}
-                for name in players: # Both stage gradients at the same point.
-                    loss, stage[name] = self.gradients.gradients(name)
+                for name, (loss, grads) in self.gradients.simultaneous_gradients().items(): # At the same point.
+                    stage[name] = grads
                     losses.setdefault(name, loss)
                 for name, grads in stage.items():
                     if name not in combined:
