@@ -356,7 +356,7 @@ def _distributed_worker(rank, world, port, out):
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow # Spawning two processes that import torch: ~5 s on an idle 2-core machine.
+@pytest.mark.slow # Spawns two processes that each import torch.
 def test_two_gloo_processes_step_with_the_same_averaged_gradient(tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
