@@ -28,7 +28,7 @@ def integrate(order, lrs, rounds):
     disc, gen = linear_players()
     rk = runge_kutta.RungeKutta(drift.DriftRegularizer(disc, gen), order)
     optimizers = {name: optim.build_optimizer('sgd', player.params, lr=lrs[name])
-                  for name, player in rk.gradients.players.items()}
+                  for name, player in rk.regularizer.players.items()}
     for _ in range(rounds):
         for opt in optimizers.values():
             opt.zero_grad()

@@ -133,13 +133,13 @@ def preset_terms(preset, lam=None):
     return multiplier, explicit
 
 
-def combine(drift, multiplier, explicit):
+def combine(drift_coeffs, multiplier, explicit):
     """Regularizer coefficients per player: multiplier * drift + explicit, term by term (the authors'
     `get_explicit_coeffs`). `multiplier` and `explicit` are one `Terms` for both players or {player: Terms}."""
     def per_player(value):
         return value if isinstance(value, Mapping) else {p: value for p in PLAYERS}
     multiplier, explicit = per_player(multiplier), per_player(explicit)
-    return {p: Terms(*(m * d + e for m, d, e in zip(multiplier[p].values(), drift[p].values(), explicit[p].values())))
+    return {p: Terms(*(m * d + e for m, d, e in zip(multiplier[p].values(), drift_coeffs[p].values(), explicit[p].values())))
             for p in PLAYERS}
 
 
@@ -147,9 +147,9 @@ def preset_coefficients(preset, lam=None, *, lr_disc, lr_gen, update='simultaneo
                         gen_steps=1, convention='paper'):
     """Regularizer coefficients {'disc': Terms, 'gen': Terms} of a preset for this update schedule."""
     multiplier, explicit = preset_terms(preset, lam)
-    drift = drift_coefficients(lr_disc, lr_gen, update=update, first=first, disc_steps=disc_steps,
-                               gen_steps=gen_steps, convention=convention)
-    return combine(drift, multiplier, explicit)
+    drift_coeffs = drift_coefficients(lr_disc, lr_gen, update=update, first=first, disc_steps=disc_steps,
+                                      gen_steps=gen_steps, convention=convention)
+    return combine(drift_coeffs, multiplier, explicit)
 
 
 #----------------------------------------------------------------------------

@@ -57,13 +57,13 @@ class RungeKutta:
     """Runge-Kutta stage gradients for the two players of a `ganpatch.drift.DriftRegularizer`.
 
     Args:
-        gradients: a `DriftRegularizer` (its players, coefficients and estimator give each stage gradient).
+        regularizer: a `DriftRegularizer` (its players, coefficients and estimator give each stage gradient).
         order: 1, 2 or 4.
     """
 
-    def __init__(self, gradients, order=4):
+    def __init__(self, regularizer, order=4):
         check_setup(order)
-        self.gradients = gradients
+        self.regularizer = regularizer
         self.order = order
         self.stage_scales, self.weights = TABLEAUX[order]
 
@@ -73,7 +73,7 @@ class RungeKutta:
         step_sizes: {'disc': h_disc, 'gen': h_gen}, the learning rates the optimizers will step with.
         Returns {player: loss at the first stage} (detached).
         """
-        players = self.gradients.players
+        players = self.regularizer.players
         if set(step_sizes) != set(players):
             raise ValueError(f'step_sizes must have exactly the players {tuple(players)}, got {tuple(step_sizes)}')
         start = {name: [param.detach().clone() for param in player.params] for name, player in players.items()}
@@ -83,7 +83,7 @@ class RungeKutta:
                 if i > 0:
                     self._move(players, start, stage, step_sizes, self.stage_scales[i - 1])
                 stage = {}
-                for name, (loss, grads) in self.gradients.simultaneous_gradients().items(): # At the same point.
+                for name, (loss, grads) in self.regularizer.simultaneous_gradients().items(): # At the same point.
                     stage[name] = grads
                     losses.setdefault(name, loss)
                 for name, grads in stage.items():
