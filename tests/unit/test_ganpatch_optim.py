@@ -397,7 +397,9 @@ def test_norm_sgd_hand_computed_steps():
         denom = math.sqrt(1e-8 + (25 * scale * scale))
         expected = [before[0] - 0.1 * 3 * scale / denom, before[1], before[2] - 0.1 * 4 * scale / denom]
         assert first.tolist() + second.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-7)
-    assert 0.1 * 4e-4 / denom == pytest.approx(0.0784, rel=1e-3) # Not 0.08: the eps matters at this scale.
+    step = before[2] - second.item() # 0.0784; ||g|| + eps in the denominator would give 0.08.
+    assert step == pytest.approx(0.1 * 4e-4 / math.sqrt(1e-8 + 2.5e-7), rel=1e-4)
+    assert step != pytest.approx(0.1 * 4e-4 / (5e-4 + 1e-8), rel=1e-2)
     first.grad, second.grad = torch.zeros(2), torch.zeros(1)
     before = first.tolist() + second.tolist()
     opt.step() # A zero gradient does not move.

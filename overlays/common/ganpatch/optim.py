@@ -169,8 +169,9 @@ class OptimisticAdam(ClippedAdam):
     Moments and bias corrections as Adam; with d_t = m_hat_t / (sqrt(v_hat_t) + eps) Adam's direction,
         x_t = x_{t-1} - 2 lr d_t + lr d_{t-1},    d_0 = 0 (so the first step is twice Adam's),
     i.e. Adam's step plus the optimistic correction lr (d_{t-1} - d_t), which damps the rotation of
-    simultaneous gradient play: on bilinear games the last iterate converges where GDA and Adam cycle or
-    diverge. One gradient per iteration (d_{t-1} is remembered in the state 'previous_direction'), so this is
+    simultaneous gradient play: on bilinear games it settles near the equilibrium where GDA and Adam cycle or
+    diverge (for its SGD counterpart, optimistic mirror descent, the paper proves last-iterate convergence on
+    bilinear games; Adam's steps keep a length ~lr, so here it settles within a few lr). One gradient per iteration (d_{t-1} is remembered in the state 'previous_direction'), so this is
     NOT an extragradient method: call `step()` once per iteration, like Adam.
 
     The clipped-methods authors' StyleGAN `OptimisticAdam` never trained: their training loop lists it among
