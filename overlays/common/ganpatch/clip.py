@@ -10,8 +10,8 @@ so changes the gradient's direction.
 
 Norm-clip arithmetic: by default the factor is min(1, lambda / ||g||), exactly 1 when ||g|| <= lambda.
 `torch.nn.utils.clip_grad_norm_` (which the authors' code calls) uses min(1, lambda / (||g|| + 1e-6)) instead,
-so it slightly shrinks every gradient within 1e-6 of the threshold or above it; `norm_eps=1e-6` reproduces its
-numbers bit for bit (float32 gradients), for side-by-side runs against that code.
+so it also slightly shrinks a gradient whose norm is less than 1e-6 below the threshold; `norm_eps=1e-6`
+reproduces its numbers bit for bit (float32 gradients), for side-by-side runs against that code.
 
 Non-finite policy: a gradient that holds NaN or inf is never rescaled or clamped here (clamping would turn
 inf into a finite, plausible-looking value); it is left as it is and the returned norm is non-finite. The
