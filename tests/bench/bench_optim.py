@@ -7,9 +7,15 @@ Ratios printed (goals from issue 3):
   clipped-SGD step (norm, value) / plain torch SGD(foreach=True) step        goal <= 1.35 for norm
   clipped-SGD step (norm) / clip_grad_norm_(foreach=True) + SGD(foreach=True).step()   goal <= 1.0
   SEG (ExtraSGD) half-steps and iteration / clipped-SGDA step                 reported
+and, reported (issue 13):
+  clipped-SGD with torch's norm-clip arithmetic (clip_norm_eps=1e-6) / clip_grad_norm_ + SGD
+  inf-norm clipped-SGD / torch SGD, and / clip_grad_norm_(norm_type=inf) + SGD
+  norm_sgd / torch SGD;  optimistic_adam, acclip, paper_acclip / torch Adam
+Gradients that no variant writes to are shared between variants, to keep the memory to about 4.5 GB.
 """
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -25,11 +31,12 @@ THRESHOLD = 1e-3 # Far below the gradient norm, so the norm clip really scales a
 LR = 1e-6
 
 
-def make_params(device, seed=0):
+def make_params(device, grads=None, seed=0):
+    """Parameters with gradients: `grads` (shared, for variants that leave .grad alone) or fresh ones."""
     generator = torch.Generator(device='cpu').manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(device)) for shape in SHAPES]
-    for param in params:
-        param.grad = torch.randn(param.shape, generator=generator).to(device)
+    for i, param in enumerate(params):
+        param.grad = torch.randn(param.shape, generator=generator).to(device) if grads is None else grads[i]
     return params
 
 
@@ -43,22 +50,38 @@ def main():
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
-    def fresh(name, **kwargs):
-        return ganpatch.optim.build_optimizer(name, make_params(device), lr=LR, **kwargs)
+    shared_grads = [param.grad for param in make_params(device)]
 
-    torch_sgd = torch.optim.SGD(make_params(device), lr=LR, foreach=True)
-    pair_params = make_params(device)
+    def fresh(name, own_grads=False, **kwargs):
+        return ganpatch.optim.build_optimizer(name, make_params(device, None if own_grads else shared_grads), lr=LR, **kwargs)
+
+    norm_clip = dict(clip_mode='norm', clip_threshold=THRESHOLD)
+    torch_sgd = torch.optim.SGD(make_params(device, shared_grads), lr=LR, foreach=True)
+    pair_params = make_params(device) # clip_grad_norm_ rescales .grad: its own gradients.
     pair_sgd = torch.optim.SGD(pair_params, lr=LR, foreach=True)
     ours_none = fresh('sgd')
-    ours_norm = fresh('sgd', clip_mode='norm', clip_threshold=THRESHOLD)
-    ours_value = fresh('sgd', clip_mode='value', clip_threshold=THRESHOLD)
-    seg = fresh('extrasgd', clip_mode='norm', clip_threshold=THRESHOLD)
-    torch_adam = torch.optim.Adam(make_params(device), lr=LR, foreach=True)
-    ours_adam = fresh('adam', clip_mode='norm', clip_threshold=THRESHOLD)
+    ours_norm = fresh('sgd', **norm_clip)
+    ours_value = fresh('sgd', own_grads=True, clip_mode='value', clip_threshold=THRESHOLD)
+    ours_torch_arithmetic = fresh('sgd', own_grads=True, clip_norm_eps=1e-6, **norm_clip)
+    ours_inf_norm = fresh('sgd', clip_norm_type=math.inf, clip_mode='norm', clip_threshold=THRESHOLD)
+    seg = fresh('extrasgd', **norm_clip)
+    norm_sgd = fresh('norm_sgd')
+    torch_adam = torch.optim.Adam(make_params(device, shared_grads), lr=LR, foreach=True)
+    ours_adam = fresh('adam', **norm_clip)
+    optimistic_adam = fresh('optimistic_adam')
+    acclip = fresh('acclip')
+    paper_acclip = fresh('paper_acclip')
+
+    inf_pair_params = make_params(device)
+    inf_pair_sgd = torch.optim.SGD(inf_pair_params, lr=LR, foreach=True)
 
     def torch_pair():
         torch.nn.utils.clip_grad_norm_(pair_params, THRESHOLD, foreach=True)
         pair_sgd.step()
+
+    def torch_inf_pair():
+        torch.nn.utils.clip_grad_norm_(inf_pair_params, THRESHOLD, norm_type=math.inf, foreach=True)
+        inf_pair_sgd.step()
 
     variants = {
         'torch SGD step': torch_sgd.step,
@@ -66,10 +89,17 @@ def main():
         'ours SGD, no clip': ours_none.step,
         'ours SGD, norm clip': ours_norm.step,
         'ours SGD, value clip': ours_value.step,
+        'ours SGD, norm clip, eps 1e-6': ours_torch_arithmetic.step,
+        'torch clip_grad_norm_(inf) + SGD step': torch_inf_pair,
+        'ours SGD, inf-norm clip': ours_inf_norm.step,
         'ours ExtraSGD extrapolate (norm)': seg.extrapolate,
         'ours ExtraSGD step (norm)': seg.step, # Must follow extrapolate: the dict keeps the order.
+        'ours norm_sgd': norm_sgd.step,
         'torch Adam step': torch_adam.step,
         'ours Adam, norm clip': ours_adam.step,
+        'ours optimistic_adam': optimistic_adam.step,
+        'ours acclip': acclip.step,
+        'ours paper_acclip': paper_acclip.step,
     }
     times = {name: [] for name in variants}
     for repeat in range(args.repeats + 3): # 3 warm-up rounds.
@@ -87,7 +117,7 @@ def main():
           f'{torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats, '
           f'load average {os.getloadavg()[0]:.1f} (other processes make CPU ratios noisy)')
     for name, value in median.items():
-        print(f'  {name:36s} {value * 1e3:8.2f} ms')
+        print(f'  {name:38s} {value * 1e3:8.2f} ms')
     seg_iteration = median['ours ExtraSGD extrapolate (norm)'] + median['ours ExtraSGD step (norm)']
     ratios = [
         ('clipped-SGD (norm) / torch SGD', median['ours SGD, norm clip'] / median['torch SGD step'], 'goal <= 1.35'),
@@ -98,10 +128,17 @@ def main():
         ('SEG extrapolate / clipped-SGDA step', median['ours ExtraSGD extrapolate (norm)'] / median['ours SGD, norm clip'], ''),
         ('SEG iteration / clipped-SGDA step', seg_iteration / median['ours SGD, norm clip'], 'both half-steps'),
         ('clipped Adam (norm) / torch Adam', median['ours Adam, norm clip'] / median['torch Adam step'], ''),
+        ('clipped-SGD (norm, eps 1e-6) / clip_grad_norm_ + SGD', median['ours SGD, norm clip, eps 1e-6'] / median['torch clip_grad_norm_ + SGD step'], "torch's arithmetic"),
+        ('clipped-SGD (inf norm) / torch SGD', median['ours SGD, inf-norm clip'] / median['torch SGD step'], ''),
+        ('clipped-SGD (inf norm) / clip_grad_norm_(inf) + SGD', median['ours SGD, inf-norm clip'] / median['torch clip_grad_norm_(inf) + SGD step'], ''),
+        ('norm_sgd / torch SGD', median['ours norm_sgd'] / median['torch SGD step'], ''),
+        ('optimistic_adam / torch Adam', median['ours optimistic_adam'] / median['torch Adam step'], ''),
+        ('acclip / torch Adam', median['ours acclip'] / median['torch Adam step'], 'alpha 2, second moment'),
+        ('paper_acclip / torch Adam', median['ours paper_acclip'] / median['torch Adam step'], 'alpha 1'),
     ]
     print('Ratios:')
     for name, ratio, note in ratios:
-        print(f'  {name:44s} {ratio:6.3f}  {note}')
+        print(f'  {name:52s} {ratio:6.3f}  {note}')
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ganpatch.clip import CLIP_MODES, clip_gradients_, global_grad_norm
+from ganpatch.clip import CLIP_MODES, check_clip_args, clip_gradients_, global_grad_norm, parse_norm_type
 
 
 def params_with_grads(*grads):
@@ -118,13 +118,67 @@ def test_single_tensor_and_generator_inputs():
     assert params[0].grad.tolist() == pytest.approx([0.6, 0.7])
 
 
-@pytest.mark.parametrize('mode, threshold, message', [
-    ('l2', 1.0, 'Unknown clip mode'),
-    ('norm', None, 'needs a clip threshold'),
-    ('value', 0.0, 'must be a finite number > 0'),
-    ('norm', -1.0, 'must be a finite number > 0'),
-    ('norm', math.nan, 'must be a finite number > 0'),
+@pytest.mark.parametrize('mode, threshold, extra, message', [
+    ('l2', 1.0, {}, 'Unknown clip mode'),
+    ('norm', None, {}, 'needs a clip threshold'),
+    ('value', 0.0, {}, 'must be a finite number > 0'),
+    ('norm', -1.0, {}, 'must be a finite number > 0'),
+    ('norm', math.nan, {}, 'must be a finite number > 0'),
+    ('norm', 1.0, dict(norm_type=0.5), 'norm type must be a number >= 1 or inf'),
+    ('norm', 1.0, dict(norm_type='l2'), 'norm type must be a number >= 1 or inf'),
+    ('norm', 1.0, dict(norm_type=math.nan), 'norm type must be a number >= 1 or inf'),
+    ('norm', 1.0, dict(norm_type=True), 'norm type must be a number >= 1 or inf'),
+    ('norm', 1.0, dict(norm_eps=-1e-6), 'norm eps must be a finite number >= 0'),
+    ('norm', 1.0, dict(norm_eps=math.inf), 'norm eps must be a finite number >= 0'),
+    ('value', 1.0, dict(norm_type=1.0), "applies to clip mode 'norm', not 'value'"),
+    ('none', None, dict(norm_eps=1e-6), "applies to clip mode 'norm', not 'none'"),
 ])
-def test_bad_arguments(mode, threshold, message):
+def test_bad_arguments(mode, threshold, extra, message):
     with pytest.raises(ValueError, match=message):
-        clip_gradients_(params_with_grads([1.0]), mode, threshold)
+        clip_gradients_(params_with_grads([1.0]), mode, threshold, **extra)
+
+
+def test_norm_types():
+    assert [parse_norm_type(p) for p in [2, 1.0, 'inf', '3', math.inf]] == [2.0, 1.0, math.inf, 3.0, math.inf]
+    check_clip_args('none', None, 2, 0) # The defaults are fine with every mode.
+    check_clip_args('value', 1.0, '2', 0.0)
+    check_clip_args('norm', 1.0, 'inf', 1e-6)
+
+
+@pytest.mark.parametrize('norm_type, expected', [(1, 19.0), (math.inf, 12.0), (3, (27 + 64 + 1728) ** (1 / 3))])
+def test_p_norm_hand_values(norm_type, expected):
+    params = params_with_grads([3.0, -4.0], [12.0])
+    norm = clip_gradients_(params, 'norm', 6.0, norm_type=norm_type)
+    assert float(norm) == pytest.approx(expected, rel=1e-6)
+    assert params[0].grad.tolist() == pytest.approx([3.0 * 6 / expected, -4.0 * 6 / expected], rel=1e-6)
+
+
+@pytest.mark.parametrize('norm_type', [2.0, 1.0, 3.5, math.inf])
+@pytest.mark.parametrize('threshold', [0.1, 2.0, 1e3])
+def test_norm_eps_matches_clip_grad_norm_bit_for_bit(norm_type, threshold):
+    """norm_eps=1e-6 is torch's arithmetic: the same norm, min(1, c/(||g|| + 1e-6)), the same products."""
+    ours, theirs = random_params(2), random_params(2)
+    norm = clip_gradients_(ours, 'norm', threshold, norm_type=norm_type, norm_eps=1e-6)
+    their_norm = torch.nn.utils.clip_grad_norm_(theirs, threshold, norm_type=norm_type)
+    assert torch.equal(norm, their_norm)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs))
+
+
+def test_norm_eps_shrinks_a_gradient_at_the_threshold_as_torch_does():
+    params = params_with_grads([3.0, 4.0])
+    clip_gradients_(params, 'norm', 5.0, norm_eps=1e-6)
+    assert params[0].grad.tolist() == pytest.approx([3.0 * 5 / (5 + 1e-6), 4.0 * 5 / (5 + 1e-6)], rel=1e-7)
+    assert params[0].grad.tolist() != [3.0, 4.0] # Where the default leaves it untouched (see above).
+
+
+@pytest.mark.parametrize('norm_type', [1.0, 3.0, math.inf])
+@pytest.mark.parametrize('bad', [math.nan, math.inf])
+def test_nonfinite_gradients_give_a_nonfinite_p_norm(norm_type, bad):
+    params = params_with_grads([3.0, bad], [100.0])
+    assert not math.isfinite(float(clip_gradients_(params, 'norm', 1.0, norm_type=norm_type)))
+    assert params[1].grad.tolist() == [100.0]
+
+
+def test_overflowing_p_norm_is_recomputed():
+    grads = [torch.tensor([1e20, 1e20])] # |g|^3 overflows float32, the 3-norm does not.
+    assert float(global_grad_norm(grads, 3.0)) == pytest.approx(2 ** (1 / 3) * 1e20, rel=1e-6)

@@ -95,6 +95,29 @@ def test_seg_converges_on_a_stochastic_bilinear_game_where_sgda_spirals_out():
     assert play('extrasgd') < 0.05
 
 
+@pytest.mark.parametrize('name', ['extrasgd', 'extra_sgd'])
+def test_clip_norm_eps_reproduces_clip_grad_norm_at_both_half_steps(name):
+    """clip_norm_eps=1e-6: both half-steps clip as torch.nn.utils.clip_grad_norm_, bit for bit (x~ = x - lr g1',
+    x <- x - lr g2', g' = min(1, c / (||g|| + 1e-6)) g), also through the authors' spelling extra_sgd."""
+    generator = torch.Generator().manual_seed(3)
+    ours = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in [(6, 5), (5,)]]
+    theirs = [param.detach().clone() for param in ours]
+    opt = build_optimizer(name, ours, lr=0.1, clip_mode='norm', clip_threshold=0.5, clip_norm_eps=1e-6)
+    for _ in range(3):
+        grads = [[torch.randn(param.shape, generator=generator) for param in ours] for _ in range(2)]
+        real = [param.clone() for param in theirs]
+        for half, half_grads in enumerate(grads):
+            for param, grad in zip(ours, half_grads):
+                param.grad = grad.clone()
+            (opt.extrapolate if half == 0 else opt.step)()
+            holders = [torch.nn.Parameter(torch.empty_like(x)) for x in real]
+            for holder, grad in zip(holders, half_grads):
+                holder.grad = grad.clone()
+            torch.nn.utils.clip_grad_norm_(holders, 0.5)
+            theirs = [x.add(holder.grad, alpha=-0.1) for x, holder in zip(real, holders)] # From x at both half-steps.
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
 def make(name, seed=0):
     generator = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in [(3, 2), (4,)]]
