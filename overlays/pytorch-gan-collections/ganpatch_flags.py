@@ -272,7 +272,8 @@ def build_optimizers(net_G, net_D):
 
 
 def optimizer_step(optimizer, compute_losses):
-    """One update of the network that `optimizer` trains; returns the losses of the update.
+    """One update of the network that `optimizer` trains; returns the losses of the update, detached (they
+    are for logging: formatting a tensor that requires grad warns on torch 2.x).
 
     `compute_losses()` draws a FRESH minibatch on every call and returns a tuple whose first entry is
     the loss to minimize (the others are for logging).
@@ -291,7 +292,7 @@ def optimizer_step(optimizer, compute_losses):
     losses = compute_losses()
     losses[0].backward()
     optimizer.step()
-    return losses
+    return tuple(loss.detach() for loss in losses)
 
 
 # Run directory, checkpoints and the NaN stop.
