@@ -4,10 +4,17 @@ Upstream's three training scripts are near-copies of each other. The flags that 
 all three, and the objects those flags configure, live here once: the device, the dataset copy, the
 optimizers from `ganpatch.optim`, the stochastic extragradient step, the run directory, the stop on
 a non-finite loss and two helpers of wgangp.py's --evaluate. Importing this module defines the flags
-(absl's convention for shared flags).
+(absl's convention for shared flags). Every script then, after defining its own flags, calls
+
+    flags.adopt_module_key_flags(ganpatch_flags)  # --help, --helpshort and flagfile.txt list these flags
+    ganpatch_flags.register_validators()          # bad values are flag-parsing errors, before any work
+
+`register_validators` is the one place where flag values are checked; it checks the flags that the
+calling script defines (upstream's and its own) and skips those it does not.
 """
 
 import contextlib
+import math
 import os
 import re
 import urllib.error
@@ -39,7 +46,67 @@ flags.DEFINE_float('clip_D', None, "D clipping threshold, > 0 (required when --c
 flags.DEFINE_string('desc', None, "tag of the run directory --logdir/NNNNN-<desc> (default: --opt and --clip_mode)")
 
 
-@flags.validator('device', message='--device: not a torch device, or CUDA is not available (use --device=cpu)')
+# Flag validation (absl validators: a bad value is a flag-parsing error, before any run directory exists).
+
+# Upstream integer flags that fail late, or silently, when not positive: --total_steps=0 divides by zero in
+# the lr schedule and a negative one trains nothing into an empty run directory; --n_dis=0 ends at the
+# first step with an UnboundLocalError; --eval_step=0 and --sample_step=0 divide by zero at step 2
+# (`step % 0`); --batch_size=0 is a DataLoader error; --sample_size=0 divides by zero in make_grid after
+# the run directory exists; --num_images=0 fails in torch.cat at the first --record evaluation; a
+# negative --z_dim fails building the networks and --z_dim=0 trains a generator without input.
+POSITIVE_INTEGERS = ('total_steps', 'batch_size', 'n_dis', 'z_dim', 'eval_step', 'sample_step', 'sample_size',
+                     'num_images')
+LEARNING_RATES = ('lr_G', 'lr_D')  # torch.optim rejects a negative lr only when it builds the optimizer.
+SEED_RANGE = (0, 2 ** 32 - 1)      # np.random.seed's range; set_seed calls it.
+
+
+def register_validators():
+    """Registers every check of flag values, for the flags the calling script has defined.
+
+    Call it once per script, after the script's own flags are defined (absl validators need their flags
+    to exist). It checks:
+    - --device: a torch device that is available;
+    - --clip_G/--clip_D: both > 0 with a --clip_mode, neither without one;
+    - the upstream integers of POSITIVE_INTEGERS: at least 1;
+    - every float flag (lr, alpha, betas, thresholds, BMC parameters, ...): finite, and lr >= 0;
+    - --betas: two values in [0, 1), as Adam needs; --seed in [0, 2**32 - 1];
+    - BMC parameters (--bmc_*) set away from their defaults without --bmc: they would be ignored;
+    - --pretrain: an existing file, read only by --generate and --evaluate, which both need it;
+      --generate and --evaluate exclude each other, and --evaluate needs --total_steps >= 2.
+    A script that gains one of these flags (--evaluate, --bmc, ...) gets its checks with it.
+    """
+    defined = set(FLAGS)
+
+    flags.register_validator('device', _device_is_available,
+                             message='not a torch device, or CUDA is not available (use --device=cpu)')
+    flags.register_multi_flags_validator(['clip_mode', 'clip_G', 'clip_D'], _clip_thresholds_match_mode)
+    for name in POSITIVE_INTEGERS:
+        if name in defined:
+            flags.register_validator(name, lambda value: value >= 1, message='must be a positive integer')
+    for name in sorted(defined):
+        if isinstance(FLAGS[name].parser, flags.FloatParser):
+            flags.register_validator(name, _all_finite, message='must be a finite number')
+    for name in LEARNING_RATES:
+        if name in defined:
+            flags.register_validator(name, lambda value: value >= 0, message='must be >= 0')
+    if 'betas' in defined:
+        flags.register_validator('betas', lambda value: len(value) == 2 and all(0 <= beta < 1 for beta in value),
+                                 message='needs two values in [0, 1): --betas=<beta1> --betas=<beta2>')
+    if 'seed' in defined:
+        flags.register_validator('seed', lambda value: SEED_RANGE[0] <= value <= SEED_RANGE[1],
+                                 message=f'must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]')
+    if 'bmc' in defined:
+        for name in sorted(name for name in defined if name.startswith('bmc_')):
+            flags.register_multi_flags_validator(['bmc', name], _bmc_parameter_needs_bmc)
+    if 'pretrain' in defined:
+        flags.register_validator('pretrain', lambda path: path is None or os.path.isfile(path),
+                                 message='not a file (pass a model_<step>.pt of a training run directory)')
+        modes = [name for name in ('generate', 'evaluate') if name in defined]
+        flags.register_multi_flags_validator(['pretrain', *modes], _pretrain_matches_mode)
+    if 'evaluate' in defined:
+        flags.register_multi_flags_validator(['evaluate', 'total_steps'], _evaluate_has_two_minibatches)
+
+
 def _device_is_available(value):
     try:
         device = torch.device(value)
@@ -48,7 +115,6 @@ def _device_is_available(value):
     return device.type != 'cuda' or torch.cuda.is_available()
 
 
-@flags.multi_flags_validator(['clip_mode', 'clip_G', 'clip_D'])
 def _clip_thresholds_match_mode(values):
     thresholds = {'--clip_G': values['clip_G'], '--clip_D': values['clip_D']}
     if values['clip_mode'] == 'none':
@@ -59,6 +125,49 @@ def _clip_thresholds_match_mode(values):
         if value is None or not value > 0:
             raise flags.ValidationError(f'--clip_mode={values["clip_mode"]} needs {name} > 0 (got {value})')
     return True
+
+
+def _all_finite(value):
+    """A float flag's value (a list for multi-value flags, None when unset) holds no NaN or infinity."""
+    values = value if isinstance(value, list) else [value]
+    return all(v is None or math.isfinite(v) for v in values)
+
+
+def _bmc_parameter_needs_bmc(values):
+    """A BMC parameter away from its default needs --bmc=D or G (a flagfile with the defaults still loads)."""
+    (name,) = [name for name in values if name != 'bmc']
+    if values['bmc'] == 'none' and values[name] != FLAGS[name].default:
+        raise flags.ValidationError(f'--{name} needs --bmc=D or --bmc=G (with --bmc=none it would be ignored)')
+    return True
+
+
+def _pretrain_matches_mode(values):
+    modes = [f'--{name}' for name in ('generate', 'evaluate') if values.get(name)]
+    if len(modes) > 1:
+        raise flags.ValidationError('--generate and --evaluate exclude each other: pass one of them')
+    if modes and values['pretrain'] is None:
+        raise flags.ValidationError(f'{modes[0]} needs a checkpoint: --pretrain=<run directory>/model_<step>.pt')
+    if values['pretrain'] is not None and not modes:
+        raise flags.ValidationError('--pretrain is read only by --generate or --evaluate: pass one of them')
+    return True
+
+
+def _evaluate_has_two_minibatches(values):
+    if values['evaluate'] and values['total_steps'] < 2:
+        raise flags.ValidationError('--evaluate needs --total_steps >= 2 minibatches per network for the noise '
+                                    'statistics')
+    return True
+
+
+# The script's flags.
+
+def flags_into_string():
+    """`--name=value` lines of the script's own flags and the ones it adopted from this module (what --helpshort
+    lists), as FLAGS.flags_into_string() writes them but without absl's internal flags (--nohelp, --nopdb, ...).
+    Loading it with --flagfile repeats the run."""
+    script = FLAGS.find_module_defining_flag('logdir')  # Every training script defines --logdir.
+    key_flags = sorted(FLAGS.get_key_flags_for_module(script), key=lambda flag: flag.name)
+    return ''.join(flag.serialize() + '\n' for flag in key_flags if flag.value is not None)
 
 
 # Dataset.
@@ -80,7 +189,8 @@ def _download(name, download):
         download()
     except (urllib.error.URLError, OSError) as error:
         raise SystemExit(f'{name} is not in --data_dir={FLAGS.data_dir} and downloading it failed ({error}).\n'
-                         f'Without network, put an extracted copy there (see the README).') from error
+                         f'Without network, extract cifar-10-python.tar.gz there; for a smoke run, write a tiny '
+                         f'synthetic copy: python -m ganpatch.fake_data cifar10 {FLAGS.data_dir}') from error
 
 
 def load_dataset(name, transform):
@@ -99,14 +209,25 @@ def load_dataset(name, transform):
         if missing:
             raise SystemExit(f'CIFAR-10 not found: {folder} lacks {", ".join(missing)}.\n'
                              f'Extract cifar-10-python.tar.gz into --data_dir; with network and --download (the '
-                             f'default), a missing {LocalCIFAR10.base_folder} folder is downloaded.')
-        return LocalCIFAR10(FLAGS.data_dir, train=True, transform=transform)
+                             f'default), a missing {LocalCIFAR10.base_folder} folder is downloaded. For a smoke run, '
+                             f'write a tiny synthetic copy: python -m ganpatch.fake_data cifar10 {FLAGS.data_dir}')
+        return _holding_a_minibatch(LocalCIFAR10(FLAGS.data_dir, train=True, transform=transform))
     if FLAGS.download:
         _download('STL-10', lambda: datasets.STL10(FLAGS.data_dir, split='unlabeled', download=True))
     try:
-        return datasets.STL10(FLAGS.data_dir, split='unlabeled', transform=transform)
+        return _holding_a_minibatch(datasets.STL10(FLAGS.data_dir, split='unlabeled', transform=transform))
     except RuntimeError as error:
         raise SystemExit(f'STL-10 not found in --data_dir={FLAGS.data_dir}: {error}') from error
+
+
+def _holding_a_minibatch(dataset):
+    """`dataset`, if it holds at least one --batch_size minibatch. The scripts drop the last partial batch,
+    so a smaller dataset yields no batch at all: training would stop with a StopIteration after creating the
+    run directory, and --evaluate would wait forever for a first minibatch."""
+    if len(dataset) < FLAGS.batch_size:
+        raise SystemExit(f'--batch_size={FLAGS.batch_size} is larger than the dataset in --data_dir={FLAGS.data_dir} '
+                         f'({len(dataset)} images): lower --batch_size.')
+    return dataset
 
 
 # Inception Score and FID (only with --record).
@@ -115,7 +236,7 @@ def check_record_requirements():
     """Fails fast, before training, when --record cannot compute IS/FID."""
     if not os.path.isfile(FLAGS.fid_cache):
         raise SystemExit(f'--record needs the FID statistics --fid_cache={FLAGS.fid_cache}, which does not exist.\n'
-                         f'Download cifar10.train.npz (see the README) or pass --norecord.')
+                         f'Download cifar10.train.npz there (Readme.md links it), or pass --norecord.')
     try:
         import pytorch_gan_metrics  # noqa: F401 (imported here so that --norecord runs do not need it)
     except ImportError as error:
@@ -151,7 +272,8 @@ def build_optimizers(net_G, net_D):
 
 
 def optimizer_step(optimizer, compute_losses):
-    """One update of the network that `optimizer` trains; returns the losses of the update.
+    """One update of the network that `optimizer` trains; returns the losses of the update, detached (they
+    are for logging: formatting a tensor that requires grad warns on torch 2.x).
 
     `compute_losses()` draws a FRESH minibatch on every call and returns a tuple whose first entry is
     the loss to minimize (the others are for logging).
@@ -170,7 +292,7 @@ def optimizer_step(optimizer, compute_losses):
     losses = compute_losses()
     losses[0].backward()
     optimizer.step()
-    return losses
+    return tuple(loss.detach() for loss in losses)
 
 
 # Run directory, checkpoints and the NaN stop.
@@ -189,13 +311,40 @@ def create_run_dir():
     run_dir = os.path.join(FLAGS.logdir, f'{max(run_ids, default=-1) + 1:05d}-{desc}')
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, 'flagfile.txt'), 'w') as f:
-        f.write(FLAGS.flags_into_string())
+        f.write(flags_into_string())
     return run_dir
 
 
 def checkpoint_path(run_dir, step):
     """`run_dir/model_<step>.pt`, the step zero-padded to 8 digits (model_00100000.pt)."""
     return os.path.join(run_dir, f'model_{step:08d}.pt')
+
+
+def load_checkpoint(networks):
+    """Loads the checkpoint --pretrain into `networks` ({'net_G': net_G, ...}) and returns it.
+
+    Exits with a message naming the file when it is not a checkpoint of this script: not readable by
+    torch.load (truncated, random bytes, another format), without one of the networks, or written for
+    networks of another shape (another --arch or --z_dim). torch.load runs with weights_only=True (torch's
+    default since 2.6; the checkpoints hold only state dicts), so loading executes no code from the file.
+    """
+    path = FLAGS.pretrain
+    try:
+        checkpoint = torch.load(path, map_location=torch.device(FLAGS.device), weights_only=True)
+    except Exception as error:  # torch.load raises many types here: RuntimeError, UnpicklingError, OSError, ...
+        raise SystemExit(f'--pretrain={path} is not a checkpoint: torch.load cannot read it ({type(error).__name__}; '
+                         f'a truncated copy, or another kind of file?). Pass a model_<step>.pt of a training run '
+                         f'directory.') from None
+    missing = [key for key in networks if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise SystemExit(f'--pretrain={path} is not a checkpoint of this script: it holds no {" or ".join(missing)}.')
+    for key, network in networks.items():
+        try:
+            network.load_state_dict(checkpoint[key])
+        except RuntimeError:
+            raise SystemExit(f'--pretrain={path}: its {key} does not fit the {type(network).__name__} of '
+                             f'--arch={FLAGS.arch} --z_dim={FLAGS.z_dim} (was it trained with other values?).') from None
+    return checkpoint
 
 
 def stop_unless_finite(step, **losses):

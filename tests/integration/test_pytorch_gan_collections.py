@@ -1,10 +1,14 @@
-"""CPU smoke runs of the patched pytorch-gan-collections tree: wgangp.py, sngan.py, dcgan.py and the seed's commands.
+"""CPU smoke runs of the patched pytorch-gan-collections tree: wgangp.py, sngan.py, dcgan.py, the commands of the
+authors' README (github.com/busycalibrating/clipped-stochastic-methods, the `SEED_*` commands below), --helpshort,
+flagfile.txt and every bad flag value.
 
-Everything trains on a tiny generated CIFAR-10 copy (`cifar-10-batches-py` holding random uint8 images,
-read offline by torchvision's CIFAR-10 reader) with the cnn32 networks at batch 4 for one step.
-Importing torch and torchvision costs about 6 CPU seconds per process, so all wgangp.py runs share
-one driver process (`DRIVER`: absl parses each job's argv, then wgangp.main runs, as app.run does);
-sngan.py, dcgan.py and a startup-error check of wgangp.py run through the real command line.
+Everything trains on a tiny CIFAR-10 copy written by the documented command
+`python -m ganpatch.fake_data cifar10 ./data --images 40` (read offline by torchvision's CIFAR-10
+reader) with the cnn32 networks at batch 4 for one step. Importing torch and torchvision costs about
+6 CPU seconds per process, so all wgangp.py runs, and every bad flag value (each one a command whose
+argv absl parses and which must fail before any work), share one driver process (`DRIVER`: absl
+parses each job's argv, then wgangp.main runs, as app.run does). sngan.py, dcgan.py, wgangp.py
+--helpshort and two startup errors run through the real command line, concurrently.
 
 Finite losses are checked by the patched scripts themselves: they stop with a message on a NaN or
 infinite loss (`test_nan_loss_stops_the_run` shows that they do).
@@ -13,7 +17,7 @@ infinite loss (`test_nan_loss_stops_the_run` shows that they do).
 import importlib.util
 import json
 import os
-import pickle
+import re
 import shlex
 import subprocess
 import sys
@@ -99,7 +103,7 @@ for name, argv in json.loads(sys.argv[1]):
                                'bmc_terms': bmc_terms, 'cpu_s': time.process_time() - start}), flush=True)
 '''
 
-# The seed README's WGAN-GP commands (000_*.txt), verbatim.
+# The WGAN-GP commands of the authors' README (github.com/busycalibrating/clipped-stochastic-methods), verbatim.
 SEED_TRAIN_COMMANDS = {
     'reproduce': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
         --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
@@ -179,14 +183,11 @@ SEED_EVALUATE_COMMAND = r'''python wgangp.py --arch=res32 --batch_size=64 --data
         --desc='eval'
 '''
 
-# Appended after the verbatim arguments (absl: the last value wins). One step, no IS/FID (it would
-# download the Inception weights), and batch 4 with one D step per G step: a single res32 WGAN-GP
-# step at batch 64 with n_dis=5 takes several minutes on 2 CPU cores.
 SEED_PLACEHOLDER = './logs/wgangp/<EXPERIMENT ID>/model_xxxxxxxx.pt'
 
 # Appended after the verbatim arguments (absl: the last value wins): one step, no IS/FID (it would
-# download the Inception weights), and the tiny network. A single res32 step at the seed's batch 64
-# takes minutes on 2 CPU cores (375 s measured for clipnorm-seg); `test_seed_commands_on_gpu` runs
+# download the Inception weights), and the tiny network with one D step per G step: res32 at the
+# commands' batch 64 with n_dis=5 is far too slow for a CPU test; `test_seed_commands_on_gpu` runs
 # the commands unchanged but for the step count (and a checkpoint at step 2), without FID.
 SEED_CPU_OVERRIDES = '--total_steps=1 --norecord --num_workers=0 --arch=cnn32 --batch_size=4 --n_dis=1'.split()
 SEED_GPU_OVERRIDES = '--total_steps=2 --eval_step=2 --norecord --num_workers=0 --device=cuda'.split()
@@ -195,19 +196,22 @@ EVALUATE_OUTPUTS = ['results_norm.png', 'results_lognorm.png', 'D_stoch_noise.np
                     'D_full_grad.pth', 'G_full_grad.pth', 'noise_stats.json', 'flagfile.txt']
 
 
-def write_tiny_cifar10(root, images_per_batch=8, seed=0):
-    """A `cifar-10-batches-py` in torchvision's format (pickled dicts of uint8 rows) with random images."""
-    folder = os.path.join(root, 'cifar-10-batches-py')
-    os.makedirs(folder)
-    rng = np.random.default_rng(seed)
-    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
-        batch = {'data': rng.integers(0, 256, (images_per_batch, 3 * 32 * 32), dtype=np.uint8),
-                 'labels': rng.integers(0, 10, images_per_batch).tolist()}
-        with open(os.path.join(folder, name), 'wb') as f:
-            pickle.dump(batch, f)
-    with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
-        pickle.dump({'label_names': [f'class{i}' for i in range(10)]}, f)
-    return root
+def write_tiny_cifar10(tree, root, images):
+    """The documented command `python -m ganpatch.fake_data cifar10 <root> --images N`, with the tree's ganpatch."""
+    run(['-m', 'ganpatch.fake_data', 'cifar10', str(root), '--images', str(images)], cwd=tree)
+
+
+def write_not_checkpoints(root):
+    """`random.pt` (random bytes) and `truncated.pt` (the first half of a torch.save file): not checkpoints."""
+    rng = np.random.default_rng(0)
+    with open(os.path.join(root, 'random.pt'), 'wb') as f:
+        f.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    whole = os.path.join(root, 'whole.pt')
+    torch.save({'net_G': {'weight': torch.zeros(4096)}}, whole)
+    with open(whole, 'rb') as f:
+        content = f.read()
+    with open(os.path.join(root, 'truncated.pt'), 'wb') as f:
+        f.write(content[:len(content) // 2])
 
 
 def run(args, cwd, env=None):
@@ -219,12 +223,36 @@ def run(args, cwd, env=None):
 
 
 def seed_argv(command, **paths):
-    """The arguments of a seed command after `python wgangp.py`, with placeholders substituted."""
+    """The arguments of one of the authors' commands after `python wgangp.py`, with placeholders substituted."""
     for placeholder, path in paths.items():
         command = command.replace(placeholder, path)
     args = shlex.split(command.replace('\\\n', ' '))
     assert args[:2] == ['python', 'wgangp.py']
     return args[2:]
+
+
+def defined_flags(tree, filename):
+    """Names of the absl flags that `filename` of the tree defines (flags.DEFINE_*('<name>', ...))."""
+    with open(os.path.join(tree, filename)) as f:
+        return set(re.findall(r"flags\.DEFINE_\w+\(\s*'(\w+)'", f.read()))
+
+
+def flagfile_names(lines, known):
+    """Flag names of `--name=value`, `--name` and `--noname` lines."""
+    names = {line[2:].split('=')[0] for line in lines}
+    return {name[2:] if name not in known and name.startswith('no') else name for name in names}
+
+
+def cli_commands(tree, work):
+    """name -> argv after `python` of the commands that run through the real command line, concurrently."""
+    wgangp = os.path.join(tree, 'wgangp.py')
+    commands = {name: [os.path.join(tree, script), *TINY, f'--data_dir={work}/data', f'--logdir={work}/runs/{name}',
+                       f'--desc={name}', *SGD_NORM] for name, script in CLI_RUNS.items()}
+    commands['help'] = [wgangp, '--helpshort']
+    commands['bad:total_steps'] = [wgangp, '--total_steps=0', f'--logdir={work}/cli-bad', f'--data_dir={work}/data']
+    commands['bad:pretrain'] = [wgangp, '--generate', f'--pretrain={work}/random.pt',
+                                f'--output={work}/cli-bad/generated']
+    return commands
 
 
 def only_run_dir(logdir):
@@ -246,17 +274,23 @@ def tree(patched_tree):
 
 
 @pytest.fixture(scope='module')
-def work(tmp_path_factory):
-    """A working directory holding ./data/cifar-10-batches-py (the seed commands' default --data_dir)."""
+def work(tree, tmp_path_factory):
+    """A working directory holding ./data/cifar-10-batches-py (the authors' commands' --data_dir, 40
+    images) and two files that are not checkpoints (`write_not_checkpoints`)."""
     root = str(tmp_path_factory.mktemp('pgc'))
-    write_tiny_cifar10(os.path.join(root, 'data'))
+    write_tiny_cifar10(tree, os.path.join(root, 'data'), images=40)
+    write_not_checkpoints(root)
     return root
 
 
 def bad_input_cases(work):
-    """argv -> the message it must fail with, before training starts."""
-    common = f'--norecord --logdir={work}/bad --num_workers=0 --data_dir={work}/data'
-    cases = {
+    """argv -> the message it must fail with, before training starts (absl's flag-parsing errors, or ours)."""
+    common = f'--norecord --logdir={work}/bad --output={work}/bad/generated --num_workers=0 --data_dir={work}/data'
+    checkpoint = f'{work}/runs/adam/00000-adam/model_00000001.pt'  # cnn32, written by an earlier job
+    cases = {f'{common} {flag}': 'must be a positive integer'
+             for flag in ['--total_steps=0', '--total_steps=-1', '--n_dis=0', '--eval_step=0', '--sample_step=0',
+                          '--batch_size=0', '--sample_size=0', '--num_images=0', '--z_dim=0']}
+    cases.update({
         f'{common} --clip_mode=norm --clip_G=1': '--clip_mode=norm needs --clip_D > 0 (got None)',
         f'{common} --clip_mode=value --clip_G=0 --clip_D=1': '--clip_mode=value needs --clip_G > 0 (got 0.0)',
         f'{common} --clip_G=1 --clip_D=1': '--clip_G/--clip_D need --clip_mode=norm or --clip_mode=value',
@@ -264,13 +298,43 @@ def bad_input_cases(work):
         f'{common} --bmc=both': 'value should be one of <none|G|D>',
         f'{common} --data_dir={work}/nodata --nodownload': f'CIFAR-10 not found: {work}/nodata/cifar-10-batches-py lacks',
         f'{common} --record --fid_cache={work}/missing.npz': '--record needs the FID statistics',
-        f'{common} --evaluate --pretrain={work}/missing.pt': '--evaluate needs an existing checkpoint',
+        f'{common} --evaluate --pretrain={work}/missing.pt': f'flag --pretrain={work}/missing.pt: not a file',
         f'{common} --evaluate --pretrain={work}/data/cifar-10-batches-py/batches.meta --total_steps=1 --n_dis=5':
             '--evaluate needs --total_steps >= 2',
-    }
+        f'{common} --lr_G=-0.1': 'flag --lr_G=-0.1: must be >= 0',
+        f'{common} --alpha=nan': 'flag --alpha=nan: must be a finite number',
+        f'{common} --lr_D=inf --opt=sgd': 'flag --lr_D=inf: must be a finite number',
+        f'{common} --betas=0.5': 'needs two values in [0, 1)',
+        f'{common} --betas=1 --betas=0.9': 'needs two values in [0, 1)',
+        f'{common} --seed=-1': 'flag --seed=-1: must be in [0, 4294967295]',
+        f'{common} --bmc_rho1=0.5': '--bmc_rho1 needs --bmc=D or --bmc=G',
+        f'{common} --bmc_per_sample': '--bmc_per_sample needs --bmc=D or --bmc=G',
+        f'{common} --bmc=D --bmc_b2_std=inf': 'flag --bmc_b2_std=inf: must be a finite number',
+        f'{common} --batch_size=64 --arch=cnn32': '--batch_size=64 is larger than the dataset',
+        f'{common} --generate': '--generate needs a checkpoint: --pretrain=',
+        f'{common} --pretrain={checkpoint}': '--pretrain is read only by --generate or --evaluate',
+        f'{common} --generate --evaluate --pretrain={checkpoint}': '--generate and --evaluate exclude each other',
+        f'{common} --generate --pretrain={work}/random.pt': f'--pretrain={work}/random.pt is not a checkpoint',
+        f'{common} --evaluate --pretrain={work}/truncated.pt': f'--pretrain={work}/truncated.pt is not a checkpoint',
+        f'{common} --evaluate --pretrain={work}/whole.pt': 'is not a checkpoint of this script: it holds no net_D',
+        f'{common} --generate --pretrain={checkpoint}': 'its net_G does not fit the ResGenerator32 of --arch=res32',
+    })
     if not torch.cuda.is_available():
         cases[f'{common} --device=cuda'] = 'CUDA is not available'
     return cases
+
+
+@pytest.fixture(scope='module')
+def cli(tree, work):
+    """name -> CompletedProcess of every command of `cli_commands`, all started at once."""
+    processes = {name: subprocess.Popen([sys.executable, *argv], cwd=work, text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+                 for name, argv in cli_commands(tree, work).items()}
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate()
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return results
 
 
 @pytest.fixture(scope='module')
@@ -283,9 +347,10 @@ def jobs(tree, work):
     runs.append(['evaluate-default-desc', [*TINY, f'--data_dir={work}/data', f'--logdir={work}/evaluate-default-desc',
                                            '--evaluate', f'--pretrain={work}/runs/adam/00000-adam/model_00000001.pt',
                                            '--total_steps=2']])
+    runs.append(['flagfile-replay', [f'--flagfile={work}/runs/adam/00000-adam/flagfile.txt', f'--logdir={work}/replay']])
     runs += [[f'bad:{argv}', argv.split()] for argv in bad_input_cases(work)]
     runs += [[f'seed:{desc}', [*seed_argv(command), *SEED_CPU_OVERRIDES]] for desc, command in SEED_TRAIN_COMMANDS.items()]
-    # The seed's --evaluate command on the cnn32 checkpoint of its first command (BatchNorm in G).
+    # The authors' --evaluate command on the cnn32 checkpoint of their first command (BatchNorm in G).
     checkpoint = './logs/wgangp/00000-reproduce/model_00000001.pt'
     runs.append(['seed:evaluate', [*seed_argv(SEED_EVALUATE_COMMAND, **{SEED_PLACEHOLDER: checkpoint}),
                                    *SEED_CPU_OVERRIDES, '--total_steps=2', '--n_dis=2']])
@@ -301,17 +366,23 @@ def jobs(tree, work):
 
 
 @pytest.mark.parametrize('name', [*WGANGP_RUNS, *CLI_RUNS])
-def test_smoke_run(tree, work, jobs, name):
+def test_smoke_run(tree, work, jobs, cli, name):
     if name in CLI_RUNS:
-        logdir = f'{work}/runs/{name}'
-        run([os.path.join(tree, CLI_RUNS[name]), *TINY, f'--data_dir={work}/data', f'--logdir={logdir}',
-                   f'--desc={name}', *SGD_NORM], cwd=work)
+        result = cli[name]
+        assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-6000:]}'
     else:
         assert jobs[name]['error'] is None
     run_dir = only_run_dir(f'{work}/runs/{name}')
     assert os.path.basename(run_dir) == f'00000-{name}'
+    # flagfile.txt: the script's own flags and ganpatch's, none of absl's (--nohelp, --nopdb, ...).
+    script = CLI_RUNS.get(name, 'wgangp.py')
+    expected = defined_flags(tree, script) | defined_flags(tree, 'ganpatch_flags.py')
     with open(os.path.join(run_dir, 'flagfile.txt')) as f:
-        assert f'--desc={name}' in f.read().splitlines()
+        lines = f.read().splitlines()
+    assert f'--desc={name}' in lines and '--device=cpu' in lines
+    recorded = flagfile_names(lines, expected)
+    assert recorded <= expected, recorded - expected
+    assert expected - recorded <= {'pretrain', 'clip_G', 'clip_D'}  # flags without a value are not written
     assert os.listdir(os.path.join(run_dir, 'sample')) == ['1.png']
     checkpoint = torch.load(os.path.join(run_dir, 'model_00000001.pt'), weights_only=True)
     tensors = [*checkpoint['net_G'].values(), *checkpoint['net_D'].values()]
@@ -324,7 +395,7 @@ def test_smoke_run(tree, work, jobs, name):
         assert group['initial_lr'] == (float(option.split('=')[1]) if option else 2e-4)
         assert group['lr'] == 0
     # The checkpoint loads into the script's networks, which then generate finite images.
-    script = CLI_RUNS.get(name, 'wgangp.py').removesuffix('.py')
+    script = script.removesuffix('.py')
     models = load_models(tree, script)
     z_dim = 100 if script == 'dcgan' else 128
     net_G, net_D = models.Generator32(z_dim), models.Discriminator32()
@@ -395,15 +466,39 @@ def test_bad_input_is_reported_before_training(work, jobs):
     assert not os.path.exists(f'{work}/bad'), 'a run directory was created before the error'
 
 
-def test_bad_flags_fail_at_startup_on_the_command_line(tree, work):
-    result = subprocess.run([sys.executable, os.path.join(tree, 'wgangp.py'), '--clip_mode=norm', '--clip_G=1'],
-                            cwd=work, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert 'FATAL Flags parsing error' in result.stderr and '--clip_mode=norm needs --clip_D > 0' in result.stderr
+def test_bad_input_fails_at_startup_on_the_command_line(work, cli):
+    """The real command line: exit status 1 and one message, no traceback, nothing written."""
+    for name, expected in [('bad:total_steps', 'FATAL Flags parsing error: flag --total_steps=0: must be a positive '
+                                               'integer'),
+                           ('bad:pretrain', f'--pretrain={work}/random.pt is not a checkpoint')]:
+        result = cli[name]
+        assert result.returncode == 1 and expected in result.stderr, result.stderr[-3000:]
+        assert 'Traceback' not in result.stderr
+    assert not os.path.exists(f'{work}/cli-bad')
+
+
+def test_helpshort_lists_ganpatch_flags(tree, cli):
+    """wgangp.py --helpshort lists its own flags and ganpatch's (its key flags), none of absl's. For sngan.py and
+    dcgan.py, test_smoke_run checks the same set in flagfile.txt, which records the key flags too."""
+    result = cli['help']
+    listed = set(re.findall(r'^  --(?:\[no\])?(\w+)', result.stdout + result.stderr, re.MULTILINE))
+    assert listed == defined_flags(tree, 'wgangp.py') | defined_flags(tree, 'ganpatch_flags.py')
+    assert {'opt', 'clip_mode', 'clip_G', 'clip_D', 'device', 'data_dir', 'desc', 'evaluate', 'bmc', 'bmc_rho1'} <= listed
+
+
+def test_flagfile_repeats_the_run(work, jobs):
+    """--flagfile=<run>/flagfile.txt of a --bmc=none run (it records the BMC defaults) trains the same run again."""
+    assert jobs['flagfile-replay']['error'] is None
+    with open(os.path.join(work, 'runs', 'adam', '00000-adam', 'flagfile.txt')) as f:
+        original = f.read().splitlines()
+    with open(os.path.join(only_run_dir(f'{work}/replay'), 'flagfile.txt')) as f:
+        repeated = f.read().splitlines()
+    assert [line for line in original if not line.startswith('--logdir=')] == \
+        [line for line in repeated if not line.startswith('--logdir=')]
 
 
 def test_seed_commands_are_accepted(work, jobs):
-    """The six training commands and the --evaluate command of the seed README, verbatim but for
+    """The six training commands and the --evaluate command of the authors' README, verbatim but for
     SEED_CPU_OVERRIDES, run by DRIVER in `work` (so ./data and ./logs/wgangp are its folders)."""
     for index, desc in enumerate(SEED_TRAIN_COMMANDS):
         assert jobs[f'seed:{desc}']['error'] is None
@@ -414,10 +509,10 @@ def test_seed_commands_are_accepted(work, jobs):
 
 @pytest.mark.gpu
 def test_seed_commands_on_gpu(tree, tmp_path):
-    """On CUDA: the seed commands with the seed's own network, batch size and n_dis, for two steps."""
+    """On CUDA: the authors' commands with their own network, batch size and n_dis, for two steps."""
     if not torch.cuda.is_available():
         pytest.skip('needs CUDA')
-    write_tiny_cifar10(str(tmp_path / 'data'), images_per_batch=64)
+    write_tiny_cifar10(tree, tmp_path / 'data', images=5 * 64)
     script = os.path.join(tree, 'wgangp.py')
     for index, (desc, command) in enumerate(SEED_TRAIN_COMMANDS.items()):
         run([script, *seed_argv(command), *SEED_GPU_OVERRIDES], cwd=tmp_path)
