@@ -3,8 +3,10 @@
 Upstream's three training scripts are near-copies of each other. The flags that our patches add to
 all three, and the objects those flags configure, live here once: the device, the dataset copy, the
 optimizers from `ganpatch.optim`, the stochastic extragradient step, the run directory, the stop on
-a non-finite loss and two helpers of wgangp.py's --evaluate. Importing this module defines the flags
-(absl's convention for shared flags). Every script then, after defining its own flags, calls
+a non-finite loss and the gradient-noise measurement of --evaluate. sngan.py's discretization-drift
+training (its own flags --update, --dd, --integrator, ...) runs through `DriftLoop`. Importing this
+module defines the shared flags (absl's convention for shared flags). Every script then, after
+defining its own flags, calls
 
     flags.adopt_module_key_flags(ganpatch_flags)  # --help, --helpshort and flagfile.txt list these flags
     ganpatch_flags.register_validators()          # bad values are flag-parsing errors, before any work
@@ -20,11 +22,17 @@ import re
 import urllib.error
 
 import torch
+import torch.nn.functional as F
 from absl import flags
+from torch.nn.utils.spectral_norm import SpectralNorm
 from torchvision import datasets
 
+import ganpatch.acclip
 import ganpatch.clip
+import ganpatch.drift
+import ganpatch.gradnoise
 import ganpatch.optim
+import ganpatch.runge_kutta
 
 FLAGS = flags.FLAGS
 
@@ -36,12 +44,22 @@ flags.DEFINE_integer('num_workers', 4, "data-loading worker processes (0: load i
 flags.DEFINE_string('data_dir', './data', "dataset folder (CIFAR-10: the one holding cifar-10-batches-py)")
 flags.DEFINE_bool('download', True, "download the dataset into --data_dir when it is missing there")
 # Optimizers and gradient clipping.
-flags.DEFINE_enum('opt', 'adam', ganpatch.optim.OPTIMIZERS,
-                  "optimizer of G and D; adam without clipping is upstream's torch.optim.Adam")
+flags.DEFINE_enum('opt', 'adam', ganpatch.optim.OPTIMIZER_CHOICES,
+                  f"optimizer of G and D: {ganpatch.optim.describe_choices()}. adam without clipping is upstream's "
+                  f"torch.optim.Adam; --betas reaches the Adam family only, the other hyperparameters keep "
+                  f"ganpatch.optim's defaults")
 flags.DEFINE_enum('clip_mode', 'none', ganpatch.clip.CLIP_MODES,
-                  "gradient clipping per network: norm (one L2 norm over the network) or value (each entry)")
+                  "gradient clipping per network: norm (one norm over the network) or value (each entry)")
 flags.DEFINE_float('clip_G', None, "G clipping threshold, > 0 (required when --clip_mode is not none)")
 flags.DEFINE_float('clip_D', None, "D clipping threshold, > 0 (required when --clip_mode is not none)")
+flags.DEFINE_float('clip_norm_type', 2.0, "p of the norm that --clip_mode=norm clips: a number >= 1, or inf")
+flags.DEFINE_float('clip_norm_eps', 0.0,
+                   "with --clip_mode=norm: 0 scales by min(1, c/||g||); eps > 0 by min(1, c/(||g|| + eps)), "
+                   "torch.nn.utils.clip_grad_norm_'s arithmetic (1e-6: the clipped-methods authors' code, bit for bit)")
+# Gradient-noise measurement.
+flags.DEFINE_bool('evaluate', False,
+                  'measure the gradient noise of G and D at --pretrain on the minibatches of --total_steps steps '
+                  '(--n_dis per step for D) per pass, without parameter updates')
 # Run directory.
 flags.DEFINE_string('desc', None, "tag of the run directory --logdir/NNNNN-<desc> (default: --opt and --clip_mode)")
 
@@ -58,6 +76,10 @@ POSITIVE_INTEGERS = ('total_steps', 'batch_size', 'n_dis', 'z_dim', 'eval_step',
                      'num_images')
 LEARNING_RATES = ('lr_G', 'lr_D')  # torch.optim rejects a negative lr only when it builds the optimizer.
 SEED_RANGE = (0, 2 ** 32 - 1)      # np.random.seed's range; set_seed calls it.
+UNBOUNDED_FLOATS = {'clip_norm_type'}  # Float flags for which inf is a valid value (the max norm).
+# sngan.py's discretization-drift flags, and the flags their checks read.
+DRIFT_FLAGS = ['dd', 'dd_lambda', 'dd_estimator', 'dd_convention', 'update', 'integrator', 'n_dis', 'opt', 'lr_D',
+               'lr_G', 'evaluate']
 
 
 def register_validators():
@@ -66,24 +88,30 @@ def register_validators():
     Call it once per script, after the script's own flags are defined (absl validators need their flags
     to exist). It checks:
     - --device: a torch device that is available;
-    - --clip_G/--clip_D: both > 0 with a --clip_mode, neither without one;
+    - --clip_G/--clip_D: both > 0 with a --clip_mode, neither without one; --clip_norm_type (>= 1 or inf) and
+      --clip_norm_eps (>= 0) away from their defaults only with --clip_mode=norm;
     - the upstream integers of POSITIVE_INTEGERS: at least 1;
     - every float flag (lr, alpha, betas, thresholds, BMC parameters, ...): finite, and lr >= 0;
-    - --betas: two values in [0, 1), as Adam needs; --seed in [0, 2**32 - 1];
+    - --betas: two values in [0, 1), as Adam needs, and away from the script's default only with an
+      optimizer that it reaches (`takes_betas`); --seed in [0, 2**32 - 1];
     - BMC parameters (--bmc_*) set away from their defaults without --bmc: they would be ignored;
     - --pretrain: an existing file, read only by --generate and --evaluate, which both need it;
-      --generate and --evaluate exclude each other, and --evaluate needs --total_steps >= 2.
-    A script that gains one of these flags (--evaluate, --bmc, ...) gets its checks with it.
+      --generate and --evaluate exclude each other, and --evaluate needs --total_steps >= 2;
+    - the discretization-drift flags (--dd, --update, --integrator, ...; sngan.py): `_drift_setup_is_valid`.
+    A script that gains one of these flags (--bmc, --dd, ...) gets its checks with it.
     """
     defined = set(FLAGS)
 
     flags.register_validator('device', _device_is_available,
                              message='not a torch device, or CUDA is not available (use --device=cpu)')
     flags.register_multi_flags_validator(['clip_mode', 'clip_G', 'clip_D'], _clip_thresholds_match_mode)
+    flags.register_validator('clip_norm_type', lambda value: value >= 1, message='must be a number >= 1, or inf')
+    flags.register_validator('clip_norm_eps', lambda value: value >= 0, message='must be >= 0')
+    flags.register_multi_flags_validator(['clip_mode', 'clip_norm_type', 'clip_norm_eps'], _norm_options_need_norm)
     for name in POSITIVE_INTEGERS:
         if name in defined:
             flags.register_validator(name, lambda value: value >= 1, message='must be a positive integer')
-    for name in sorted(defined):
+    for name in sorted(defined - UNBOUNDED_FLOATS):
         if isinstance(FLAGS[name].parser, flags.FloatParser):
             flags.register_validator(name, _all_finite, message='must be a finite number')
     for name in LEARNING_RATES:
@@ -92,6 +120,7 @@ def register_validators():
     if 'betas' in defined:
         flags.register_validator('betas', lambda value: len(value) == 2 and all(0 <= beta < 1 for beta in value),
                                  message='needs two values in [0, 1): --betas=<beta1> --betas=<beta2>')
+        flags.register_multi_flags_validator(['opt', 'betas'], _betas_reach_the_optimizer)
     if 'seed' in defined:
         flags.register_validator('seed', lambda value: SEED_RANGE[0] <= value <= SEED_RANGE[1],
                                  message=f'must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]')
@@ -105,6 +134,8 @@ def register_validators():
         flags.register_multi_flags_validator(['pretrain', *modes], _pretrain_matches_mode)
     if 'evaluate' in defined:
         flags.register_multi_flags_validator(['evaluate', 'total_steps'], _evaluate_has_two_minibatches)
+    if 'dd' in defined:
+        flags.register_multi_flags_validator(DRIFT_FLAGS, _drift_setup_is_valid)
 
 
 def _device_is_available(value):
@@ -124,6 +155,30 @@ def _clip_thresholds_match_mode(values):
     for name, value in thresholds.items():
         if value is None or not value > 0:
             raise flags.ValidationError(f'--clip_mode={values["clip_mode"]} needs {name} > 0 (got {value})')
+    return True
+
+
+def _norm_options_need_norm(values):
+    """--clip_norm_type and --clip_norm_eps shape norm clipping only (a flagfile with their defaults still loads)."""
+    for name in ('clip_norm_type', 'clip_norm_eps'):
+        if values['clip_mode'] != 'norm' and values[name] != FLAGS[name].default:
+            raise flags.ValidationError(f'--{name} needs --clip_mode=norm (got --clip_mode={values["clip_mode"]}, '
+                                        f'where it would be ignored)')
+    return True
+
+
+def takes_betas(opt):
+    """Whether --betas reaches optimizer `opt`: the Adam family (adam, extraadam, optimistic_adam), whose betas are
+    Adam's. SGD-like optimizers take none, and each ACClip variant fixes its own by name (nomom_*: beta1 = 0)."""
+    name = ganpatch.optim.canonical_name(opt)
+    return 'betas' in ganpatch.optim.default_hyperparameters(name) and name not in ganpatch.acclip.ACCLIP_VARIANTS
+
+
+def _betas_reach_the_optimizer(values):
+    """--betas away from the script's default needs an optimizer that uses it (a flagfile with the default loads)."""
+    if values['betas'] != FLAGS['betas'].default and not takes_betas(values['opt']):
+        users = [name for name in ganpatch.optim.OPTIMIZERS if takes_betas(name)]
+        raise flags.ValidationError(f'--betas is for {", ".join(users)}; --opt={values["opt"]} would ignore it')
     return True
 
 
@@ -149,6 +204,44 @@ def _pretrain_matches_mode(values):
         raise flags.ValidationError(f'{modes[0]} needs a checkpoint: --pretrain=<run directory>/model_<step>.pt')
     if values['pretrain'] is not None and not modes:
         raise flags.ValidationError('--pretrain is read only by --generate or --evaluate: pass one of them')
+    return True
+
+
+def uses_drift_loop():
+    """Whether sngan.py trains through `DriftLoop`: any drift option away from upstream's alternating updates."""
+    return 'dd' in FLAGS and (FLAGS.dd != 'none' or FLAGS.update != 'alternating' or FLAGS.integrator != 'euler')
+
+
+def _drift_setup_is_valid(values):
+    """sngan.py's drift flags: a setting that ganpatch.drift and ganpatch.runge_kutta can run as meant, and no
+    flag that would be ignored (a flagfile with the defaults still loads)."""
+    dd, update, integrator = values['dd'], values['update'], values['integrator']
+    training_only = [f'--{name}={values[name]}' for name in ('dd', 'integrator') if values[name] != FLAGS[name].default]
+    if values['evaluate'] and training_only:
+        raise flags.ValidationError(f'--evaluate measures the noise of the loss gradients at the checkpoint; '
+                                    f'{" ".join(training_only)} does not apply to it')
+    if update == 'simultaneous' and values['n_dis'] != 1:
+        raise flags.ValidationError(f'--update=simultaneous moves both networks once per step: pass --n_dis=1 '
+                                    f'(got --n_dis={values["n_dis"]})')
+    if dd == 'none' and values['dd_estimator'] != FLAGS['dd_estimator'].default:
+        raise flags.ValidationError(f'--dd_estimator={values["dd_estimator"]} needs a --dd regularizer')
+    if dd not in ganpatch.drift.DRIFT_PRESETS and values['dd_convention'] != FLAGS['dd_convention'].default:
+        raise flags.ValidationError(f'--dd_convention applies to the drift-scaled presets '
+                                    f'{", ".join(ganpatch.drift.DRIFT_PRESETS)}, not --dd={dd}')
+    setting = f'--dd={dd}' + (f' --dd_lambda={values["dd_lambda"]}' if values['dd_lambda'] is not None else '')
+    try:
+        ganpatch.drift.check_setup(preset=dd, lam=values['dd_lambda'], estimator=values['dd_estimator'], update=update,
+                                   disc_steps=values['n_dis'], convention=values['dd_convention'])
+        if dd in ganpatch.drift.DRIFT_PRESETS:
+            setting += f' (it scales with --lr_D={values["lr_D"]} and --lr_G={values["lr_G"]})'
+            _drift_coefficients(dd, None, values['lr_D'], values['lr_G'], update, values['n_dis'],
+                                values['dd_convention'])
+        if integrator != 'euler':
+            setting = f'--integrator={integrator} --update={update} --dd={dd} --opt={values["opt"]}'
+            ganpatch.runge_kutta.check_setup(RUNGE_KUTTA_ORDERS[integrator], update=update, preset=dd,
+                                             optimizers=[ganpatch.optim.canonical_name(values['opt'])])
+    except ValueError as error:
+        raise flags.ValidationError(f'{setting}: {error}') from None
     return True
 
 
@@ -253,16 +346,20 @@ def inception_score_and_fid(images, device):
 # Optimizers.
 
 def build_optimizer(params, lr, clip_threshold):
-    """The optimizer that --opt and --clip_mode select, with upstream's --betas for the Adam variants.
+    """The optimizer that --opt and the clip flags select.
 
-    --opt=adam without clipping is upstream's torch.optim.Adam, so default runs train as upstream does.
-    Everything else comes from ganpatch.optim: SGD has no momentum (as in Gorbunov et al., NeurIPS 2022),
-    and every step() clips the network's gradient as one player before updating.
+    --opt=adam without clipping is upstream's torch.optim.Adam with --betas, so default runs train as upstream
+    does. Everything else comes from ganpatch.optim.build_optimizer (an alias such as extra_sgd is resolved there):
+    SGD has no momentum (as in Gorbunov et al., NeurIPS 2022), every step() clips the network's gradient as one
+    player before updating (--clip_mode, --clip_norm_type, --clip_norm_eps), --betas reaches the optimizers of
+    `takes_betas`, and every other hyperparameter keeps its default (ganpatch.optim.default_hyperparameters).
     """
     if FLAGS.opt == 'adam' and FLAGS.clip_mode == 'none':
         return torch.optim.Adam(params, lr=lr, betas=FLAGS.betas)
+    hyperparameters = dict(betas=tuple(FLAGS.betas)) if takes_betas(FLAGS.opt) else {}
     return ganpatch.optim.build_optimizer(FLAGS.opt, params, lr=lr, clip_mode=FLAGS.clip_mode,
-                                          clip_threshold=clip_threshold, betas=tuple(FLAGS.betas))
+                                          clip_threshold=clip_threshold, clip_norm_type=FLAGS.clip_norm_type,
+                                          clip_norm_eps=FLAGS.clip_norm_eps, **hyperparameters)
 
 
 def build_optimizers(net_G, net_D):
@@ -276,33 +373,175 @@ def optimizer_step(optimizer, compute_losses):
     are for logging: formatting a tensor that requires grad warns on torch 2.x).
 
     `compute_losses()` draws a FRESH minibatch on every call and returns a tuple whose first entry is
-    the loss to minimize (the others are for logging).
-
-    For an extragradient optimizer this is one complete clipped-SEG step (Gorbunov et al., NeurIPS 2022,
-    arXiv 2206.01095, clipped-SEG): extrapolate x~ = x - lr*clip(g(x; xi1)) on one minibatch, then update
-    x <- x - lr*clip(g(x~; xi2)) on another. The step completes before the caller moves the other
-    network, so that network is never trained against an extrapolated point, and checkpoints and
-    samples always see real iterates. Every other optimizer takes one step on one minibatch.
+    the loss to minimize (the others are for logging). See `joint_step` for the extragradient step.
     """
-    if ganpatch.optim.is_extragradient(optimizer):
+    def backward():
+        losses = compute_losses()
+        losses[0].backward()
+        return losses
+    return tuple(loss.detach() for loss in joint_step([optimizer], backward))
+
+
+def joint_step(optimizers, backward):
+    """One update of the networks that `optimizers` train, all from gradients taken at the same point.
+
+    `backward()` draws FRESH minibatches on every call, adds the gradients to `.grad` and returns the losses,
+    which are returned as they are.
+
+    For extragradient optimizers this is one complete clipped-SEG step (Gorbunov et al., NeurIPS 2022,
+    arXiv 2206.01095, clipped-SEG): extrapolate x~ = x - lr*clip(g(x; xi1)) on one minibatch, then update
+    x <- x - lr*clip(g(x~; xi2)) on another, every network at once (with two networks: both extrapolate from
+    the same point, then both update from their gradients at the extrapolated point). The step completes
+    before the caller moves any other network, so no network is ever trained against an extrapolated point,
+    and checkpoints and samples always see real iterates. Every other optimizer takes one step on one call.
+    """
+    extragradient = {ganpatch.optim.is_extragradient(optimizer) for optimizer in optimizers}
+    if extragradient == {True, False}:
+        raise ValueError('joint_step needs all optimizers extragradient, or none')
+    if extragradient == {True}:
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        backward()
+        for optimizer in optimizers:
+            optimizer.extrapolate()
+    for optimizer in optimizers:
         optimizer.zero_grad()
-        compute_losses()[0].backward()
-        optimizer.extrapolate()
-    optimizer.zero_grad()
-    losses = compute_losses()
-    losses[0].backward()
-    optimizer.step()
-    return tuple(loss.detach() for loss in losses)
+    losses = backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    return losses
+
+
+# Discretization drift (sngan.py: --update, --loss=zero-sum, --dd, --integrator).
+
+INTEGRATORS = ('euler', 'rk2', 'rk4')
+RUNGE_KUTTA_ORDERS = {'rk2': 2, 'rk4': 4}
+
+
+class ZeroSum(torch.nn.Module):
+    """The zero-sum GAN loss L_G = -L_D (the minimax game of Goodfellow et al., NeurIPS 2014, with the saturating
+    generator; the loss of the CIFAR-10 runs of Rosca et al., "Discretization Drift in Two-Player Games", ICML
+    2021), in upstream's loss interface (loss(pred_real, pred_fake) for D, loss(pred_fake) for G):
+
+        L_D = E_x softplus(-D(x)) + E_z softplus(D(G(z)))      (binary cross-entropy with logits)
+        L_G = -E_z softplus(D(G(z)))
+
+    L_G leaves out -E_x softplus(-D(x)), which depends on neither G nor D(G(z)): G's gradient is that of -L_D,
+    and so is every drift term (a term differentiates L_G with respect to G, or pairs its D-gradient with a
+    G-gradient, where the real-data part contributes zero).
+    """
+
+    def forward(self, pred_real, pred_fake=None):
+        if pred_fake is None:  # G's loss: upstream passes the logits of the fakes alone.
+            return -F.softplus(pred_real).mean()
+        return F.softplus(-pred_real).mean() + F.softplus(pred_fake).mean()
+
+
+def _drift_coefficients(dd, lam, lr_D, lr_G, update, n_dis, convention):
+    """{'disc': Terms, 'gen': Terms} of the preset `dd` (ganpatch.drift) for this schedule: D first, n_dis D steps
+    per G step. Only the drift-scaled presets depend on the learning rates (and need them > 0)."""
+    if dd not in ganpatch.drift.DRIFT_PRESETS:
+        _, explicit = ganpatch.drift.preset_terms(dd, lam)
+        return {player: explicit for player in ganpatch.drift.PLAYERS}
+    return ganpatch.drift.preset_coefficients(dd, lam, lr_disc=lr_D, lr_gen=lr_G, update=update, first='disc',
+                                              disc_steps=n_dis, gen_steps=1, convention=convention)
+
+
+def _spectral_norm_layers(module):
+    """(layer, hook) for every layer of `module` that torch.nn.utils.spectral_norm normalizes."""
+    return [(layer, hook) for layer in module.modules() for hook in layer._forward_pre_hooks.values()
+            if isinstance(hook, SpectralNorm)]
+
+
+@contextlib.contextmanager
+def held_power_iteration(module):
+    """Inside the block, forwards of `module` do not advance spectral norm's power iteration: the weights are
+    normalized with the stored u and v, which stay as they are. torch.nn.utils.spectral_norm iterates in train
+    mode only, so the normalized layers (convolutions and linear layers, for which the mode changes nothing
+    else) are put in eval mode; the rest of the module keeps its mode."""
+    layers = [layer for layer, _ in _spectral_norm_layers(module)]
+    modes = [layer.training for layer in layers]
+    for layer in layers:
+        layer.training = False
+    try:
+        yield
+    finally:
+        for layer, mode in zip(layers, modes):
+            layer.training = mode
+
+
+@torch.no_grad()
+def advance_power_iteration(module):
+    """One step of spectral norm's power iteration (n_power_iterations of them) in every normalized layer of
+    `module`, in place: what a train-mode forward does before normalizing the weight."""
+    for layer, hook in _spectral_norm_layers(module):
+        hook.compute_weight(layer, do_power_iteration=True)
+
+
+class DriftLoop:
+    """sngan.py's training step with discretization-drift regularizers, simultaneous updates or a Runge-Kutta
+    integrator (Rosca, Wu, Dherin, Barrett, ICML 2021; ganpatch.drift, ganpatch.runge_kutta), as the flags
+    --update, --dd, --dd_lambda, --dd_estimator, --dd_convention and --integrator set it.
+
+    Args: the networks and their optimizers; loss_D(batch) and loss_G(batch), each player's loss on a minibatch,
+    and sample_D(), sample_G(), which draw fresh minibatches. loss_D must stay differentiable with respect to G
+    (no detached G(z)): the interaction terms differentiate D's loss through G.
+
+    `step()` runs one training step:
+    - alternating: --n_dis D updates, then one G update against the new D;
+    - simultaneous: both players' gradients at the same point, then both networks update;
+    - rk2/rk4: ganpatch.runge_kutta's combined stage gradient of both players, then both optimizers step with
+      their learning rates as the step sizes.
+    Each player's gradient is its loss gradient plus its regularizer terms (ganpatch.drift.DriftRegularizer), and
+    its optimizer clips that total inside step(). Extragradient optimizers take complete SEG steps (`joint_step`).
+    The drift-scaled presets' coefficients follow the current learning rates (upstream's linear decay): they are
+    recomputed before every step.
+
+    Spectral normalization: the regularizer evaluates each loss several times per step, and every train-mode
+    forward of torch.nn.utils.spectral_norm would advance D's power iteration. Inside a step it is held, and it
+    advances once per D update, before D's gradients: one iteration per update, as Miyato et al. (ICLR 2018)
+    prescribe and as the drift authors' code did (there, only D's own loss advanced it).
+    """
+
+    def __init__(self, net_D, net_G, optim_D, optim_G, loss_D, sample_D, loss_G, sample_G):
+        self.net_D = net_D
+        self.optimizers = {'disc': optim_D, 'gen': optim_G}
+        self.regularizer = ganpatch.drift.DriftRegularizer(
+            ganpatch.drift.Player(net_D, loss_D, sample_D), ganpatch.drift.Player(net_G, loss_G, sample_G),
+            estimator=FLAGS.dd_estimator)
+        order = RUNGE_KUTTA_ORDERS.get(FLAGS.integrator)
+        self.runge_kutta = None if order is None else ganpatch.runge_kutta.RungeKutta(self.regularizer, order)
+
+    def step(self):
+        """One training step; returns (D's loss, G's loss), detached."""
+        lrs = {name: optimizer.param_groups[0]['lr'] for name, optimizer in self.optimizers.items()}
+        self.regularizer.coefficients = _drift_coefficients(FLAGS.dd, FLAGS.dd_lambda, lrs['disc'], lrs['gen'],
+                                                            FLAGS.update, FLAGS.n_dis, FLAGS.dd_convention)
+        with held_power_iteration(self.net_D):
+            if FLAGS.update == 'simultaneous':
+                advance_power_iteration(self.net_D)
+                losses = joint_step(list(self.optimizers.values()), lambda: self._simultaneous_backward(lrs))
+                return losses['disc'], losses['gen']
+            for _ in range(FLAGS.n_dis):
+                advance_power_iteration(self.net_D)
+                loss_D = joint_step([self.optimizers['disc']], lambda: self.regularizer.backward('disc'))
+            loss_G = joint_step([self.optimizers['gen']], lambda: self.regularizer.backward('gen'))
+            return loss_D, loss_G
+
+    def _simultaneous_backward(self, lrs):
+        if self.runge_kutta is not None:
+            return self.runge_kutta.backward(lrs)
+        return self.regularizer.backward_simultaneous()
 
 
 # Run directory, checkpoints and the NaN stop.
 
 def create_run_dir():
     """Creates and returns --logdir/NNNNN-<desc>, numbered one above the highest run there. Without --desc,
-    <desc> names the optimizer and clip mode of a training run, or `evaluate` for wgangp.py --evaluate."""
+    <desc> names the optimizer and clip mode of a training run, or `evaluate` for --evaluate."""
     if FLAGS.desc:
         desc = FLAGS.desc
-    elif 'evaluate' in FLAGS and FLAGS.evaluate:
+    elif FLAGS.evaluate:
         desc = 'evaluate'
     else:
         desc = FLAGS.opt if FLAGS.clip_mode == 'none' else f'{FLAGS.opt}-clip{FLAGS.clip_mode}'
@@ -357,6 +596,47 @@ def stop_unless_finite(step, **losses):
 
 
 # Gradient-noise measurement (--evaluate).
+
+# The file names of the clipped-methods authors' WGAN-GP measurement (their clipped_pytorch-gan-collections.patch):
+# phase -> (full gradient, noise norms).
+AUTHORS_NOISE_FILES = {'G': ('full_grad_G.pth', 'stoch_noise_G.npy'), 'D': ('full_grad_D.pth', 'stoch_noise_D.npy')}
+
+
+def measure_gradient_noise(net_G, net_D, backward_D, backward_G):
+    """--evaluate: gradient-noise histograms and statistics of G and D at the loaded checkpoint, written into a
+    new run directory.
+
+    The measurement of Gorbunov et al. (NeurIPS 2022, arXiv 2206.01095), by ganpatch.gradnoise: pass 1 averages
+    each network's minibatch gradients into its full gradient, pass 2 records the norm of every fresh minibatch
+    gradient minus it. Each pass takes one minibatch per D and G step of --total_steps training steps:
+    --total_steps * --n_dis for D and --total_steps for G, as the authors did. `backward_D()` and `backward_G()`
+    draw fresh minibatches and back-propagate the network's training loss; G's runs with D's parameters frozen.
+
+    Nothing is updated: no optimizer exists, BatchNorm layers normalize with batch statistics as in training but
+    leave their running statistics alone, and spectral norm's power iteration is held, so every buffer stays as
+    in the checkpoint and every minibatch gradient is taken of the same function.
+
+    Writes ganpatch.gradnoise's files (results_norm.png, results_lognorm.png, <G|D>_full_grad.pth,
+    <G|D>_stoch_noise.npy, noise_stats.json) and, so that scripts written for the authors' outputs read ours,
+    the same measurement under their names and formats (AUTHORS_NOISE_FILES).
+    """
+    run_dir = create_run_dir()
+    meter = ganpatch.gradnoise.GradientNoiseMeter({'D': list(net_D.parameters()), 'G': list(net_G.parameters())})
+
+    def compute_gradient(phase):
+        if phase == 'D':
+            backward_D()
+        else:
+            with requires_grad(net_D, False):
+                backward_G()
+
+    with frozen_batchnorm_stats(net_G, net_D), held_power_iteration(net_D):
+        ganpatch.gradnoise.measure_gradient_noise(meter, compute_gradient,
+                                                  {'D': FLAGS.total_steps * FLAGS.n_dis, 'G': FLAGS.total_steps})
+    meter.save(run_dir)
+    meter.save_authors_files(run_dir, AUTHORS_NOISE_FILES)
+    print(f'Gradient-noise histograms and statistics written to {run_dir}')
+
 
 @contextlib.contextmanager
 def requires_grad(module, flag):

@@ -179,6 +179,38 @@ def test_pass1_only_saves_the_mean_gradient(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['G_full_grad.pth']
 
 
+def test_authors_files_hold_their_formats(tmp_path):
+    """save_authors_files: the clipped-methods authors' formats (their FullGradAcc / StochNoiseAcc): the mean of the
+    minibatch gradients flattened and concatenated in parameter order as a bare tensor, the norms as float64."""
+    first, second = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4))
+    rng = np.random.default_rng(8)
+    seen = []
+
+    def compute_gradient(phase):
+        first.grad = torch.tensor(rng.standard_normal((2, 3)), dtype=torch.float32)
+        second.grad = torch.tensor(rng.standard_normal(4), dtype=torch.float32)
+        seen.append(torch.cat([first.grad.reshape(-1), second.grad.reshape(-1)]))
+
+    meter = GradientNoiseMeter({'D': [first, second]})
+    measure_gradient_noise(meter, compute_gradient, 5, log=lambda _: None)
+    meter.save_authors_files(tmp_path, {'D': ('full_grad_D.pth', 'stoch_noise_D.npy')})
+    assert sorted(os.listdir(tmp_path)) == ['full_grad_D.pth', 'stoch_noise_D.npy']
+    full_grad = torch.load(tmp_path / 'full_grad_D.pth', weights_only=True)
+    assert type(full_grad) is torch.Tensor and full_grad.dtype == torch.float32 and full_grad.shape == (10,)
+    torch.testing.assert_close(full_grad, torch.stack(seen[:5]).mean(0))
+    norms = np.load(tmp_path / 'stoch_noise_D.npy')
+    assert norms.dtype == np.float64 and norms.shape == (5,)
+    np.testing.assert_allclose(norms, [float((g - full_grad).norm()) for g in seen[5:]], rtol=1e-6)
+
+    pass1 = GradientNoiseMeter({'G': [first]})
+    measure_gradient_noise(pass1, compute_gradient, 2, mode='full', log=lambda _: None)
+    (tmp_path / 'pass1').mkdir()
+    pass1.save_authors_files(tmp_path / 'pass1', {'G': ('full_grad_G.pth', 'stoch_noise_G.npy')})
+    assert os.listdir(tmp_path / 'pass1') == ['full_grad_G.pth']  # No norms: no noise file.
+    with pytest.raises(KeyError, match='Unknown phase'):
+        pass1.save_authors_files(tmp_path, {'Dmain': ('a.pth', 'b.npy')})
+
+
 def test_bad_usage_fails_clearly():
     toy = LinearToy(3, 1.0, seed=8)
     meter = GradientNoiseMeter({'G': [toy.w]})

@@ -129,6 +129,22 @@ class GradientNoiseMeter:
             gradnoise_plot.plot_noise_histograms(norms, stats, os.path.join(run_dir, 'results_lognorm.png'), log_density=True)
         return stats
 
+    def save_authors_files(self, run_dir, file_names):
+        """Also write the measurement under the file names and in the formats of the clipped-methods authors' code
+        (github.com/busycalibrating/clipped-stochastic-methods), so that scripts written for their outputs read
+        ours. `file_names` = {phase: (full-gradient file, noise file)}, e.g. {'G': ('full_grad_G.pth',
+        'stoch_noise_G.npy')} for their WGAN-GP measurement. Their formats: the full gradient is a bare flat tensor
+        (torch.save; theirs stayed on the GPU, this one is on the CPU), the noise norms a float64 .npy array. Phases
+        without a full gradient or without norms get no such file."""
+        unknown = [name for name in file_names if name not in self.phases]
+        if unknown:
+            raise KeyError(f'Unknown phase(s) {", ".join(unknown)}; the meter has {", ".join(self.phases)}')
+        for name, (full_grad_file, noise_file) in file_names.items():
+            if name in self.full_grads:
+                torch.save(self.full_grads[name].cpu(), os.path.join(run_dir, full_grad_file))
+            if len(self.noise_norms.get(name, [])) > 0:
+                np.save(os.path.join(run_dir, noise_file), np.asarray(self.noise_norms[name], dtype=np.float64))
+
 
 def noise_statistics(norms):
     """Summary of noise norms r_1..r_n, with heavy-tail indicators.
