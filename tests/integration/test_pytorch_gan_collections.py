@@ -829,6 +829,23 @@ def test_seed_commands_on_gpu(tree, tmp_path):
     assert sorted(os.listdir(tmp_path / 'eval_runs' / 'wgangp' / '00000-eval')) == sorted(EVALUATE_OUTPUTS)
 
 
+@pytest.mark.gpu
+def test_drift_presets_on_gpu(tree, tmp_path):
+    """On CUDA: the drift paper's command of the docs (cnn32, batch 128) for two steps with each preset, and RK4."""
+    if not torch.cuda.is_available():
+        pytest.skip('needs CUDA')
+    write_tiny_cifar10(tree, tmp_path / 'data', images=5 * 128)
+    command = [os.path.join(tree, 'sngan.py'), *command_argv(SNGAN_PAPER_COMMAND, 'sngan.py'),
+               '--total_steps=2', '--norecord', '--num_workers=0', '--device=cuda']
+    variants = {'none': ['--dd=none'], 'cancel-interaction': [],
+                'cancel-interaction-strengthen-self': ['--dd=cancel-interaction-strengthen-self'],
+                'co': ['--dd=co', '--dd_lambda=0.1'], 'sga': ['--dd=sga', '--dd_lambda=0.1'],
+                'rk4': ['--dd=none', '--integrator=rk4']}
+    for index, (name, extra) in enumerate(variants.items()):
+        run([*command, *extra, f'--desc={name}'], cwd=tmp_path)
+        assert (tmp_path / 'logs' / 'sngan_drift' / f'{index:05d}-{name}' / 'model_00000001.pt').is_file()
+
+
 def test_wgan_py_is_left_as_upstream(tree):
     diff = subprocess.run(['git', '-C', tree, 'diff', '--stat', 'upstream', 'HEAD', '--', 'wgan.py'],
                           capture_output=True, text=True, check=True)
