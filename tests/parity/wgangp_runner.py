@@ -2,10 +2,11 @@
 
     python wgangp_runner.py JOBS.json OUT_DIR        (cwd: the tree -- the authors' shimmed tree or ganpatch's)
 
-JOBS.json is a list of [name, argv]. For each job absl parses argv (after resetting every flag), then wgangp.main
-runs, as app.run would. An argument holding `*` is expanded by glob.glob to its one match (a job can name the
-checkpoint of an earlier job, in the run directory the script named). Torch runs on one thread: bit-identity
-needs the same thread count on both sides, and on a loaded machine more threads are slower. The tracing wraps callables of the unmodified script from outside, the same way in both
+JOBS.json is a list of [name, argv] (the job loop and its JOB lines: parity_jobs.py). For each job absl parses
+argv (after resetting every flag), then wgangp.main runs, as app.run would. An argument holding `*` is expanded
+by glob.glob to its one match (a job can name the checkpoint of an earlier job, in the run directory the script
+named). Torch runs on one thread: bit-identity needs the same thread count on both sides, and on a loaded machine
+more threads are slower. The tracing wraps callables of the unmodified script from outside, the same way in both
 trees, and changes no arithmetic:
 
 - `losses`: every value the loss function returns, in call order: ['D', loss] for D's loss (two arguments),
@@ -13,20 +14,19 @@ trees, and changes no arithmetic:
 - `calls`: every optimizer call, in order: {'net': 'D' | 'G', 'call': 'update' | 'extrapolate', 'batch': the
   minibatch its gradient came from, 'lr': the learning rate it used}. D's minibatch is the index (from 1) of the
   last real minibatch drawn; G's is the index (from 1) of its last loss evaluation (each draws fresh latents);
-- the final state dicts of both networks, saved as OUT_DIR/<name>.pt ({'net_G': ..., 'net_D': ...});
+- after training, the final state dicts of both networks, saved as OUT_DIR/<name>.pt ({'net_G': ..., 'net_D': ...});
 - `error`: the message of a flag error or SystemExit, else None.
 
-One line `JOB <json>` per job goes to stdout. The authors' code imports seaborn (for its histogram plots) and
-pytorch_gan_metrics (for --record) at module level; where they are not installed, the runner puts import-only
-stand-ins in their place: these runs never pass --record, and the stand-in plots draw nothing (the parity tests
-compare the saved statistics, not the figures).
+The authors' code imports seaborn (for its histogram plots) and pytorch_gan_metrics (for --record) at module
+level; where they are not installed, the runner puts import-only stand-ins in their place: these runs never pass
+--record, and the stand-in plots draw nothing (the parity tests compare the saved statistics, not the figures).
 """
 import glob
-import json
 import os
 import sys
-import time
 import types
+
+import parity_jobs  # beside this script (sys.path[0])
 
 sys.path.insert(0, os.getcwd())
 
@@ -144,33 +144,22 @@ def expand(argument):
 
 
 def run_job(name, argv, out_dir):
-    record.clear()
-    record.update(name=name, losses=[], calls=[], error=None)
+    record.update(losses=[], calls=[])
     nets.clear()
     counters.update(real=0, G=0)
-    start = time.process_time()
-    try:
-        FLAGS.unparse_flags()
-        FLAGS(['wgangp.py', *map(expand, argv)])
-        wgangp.main(['wgangp.py'])
-    except (flags.Error, SystemExit) as exc:
-        record['error'] = ' '.join(str(exc).split())
-    if record['error'] is None and not FLAGS.evaluate:
+    FLAGS.unparse_flags()
+    FLAGS(['wgangp.py', *map(expand, argv)])
+    wgangp.main(['wgangp.py'])
+    if not FLAGS.evaluate:
         torch.save({f'net_{label}': net.state_dict() for label, net in nets.items()},
                    os.path.join(out_dir, f'{name}.pt'))
-    record['cpu_s'] = time.process_time() - start
-    print('JOB ' + json.dumps(record), flush=True)
 
 
 def main():
-    jobs_path, out_dir = sys.argv[1:]
-    with open(jobs_path) as f:
-        jobs = json.load(f)
     trace_networks()
     trace_losses()
     trace_optimizers()
-    for name, argv in jobs:
-        run_job(name, argv, out_dir)
+    parity_jobs.run_jobs(record, run_job, (flags.Error, SystemExit))
 
 
 if __name__ == '__main__':

@@ -6,11 +6,8 @@ expects of it. Both sides run every case in one driver process each (`wgangp_run
 loss, every optimizer call and the final weights), the two processes side by side. docs/parity.md explains each
 case and each measured difference.
 """
-import json
-import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +15,14 @@ import pytest
 import torch
 from scipy import stats
 
+from sides import IDENTICAL, NOISE_STATISTICS, NORM_ROUNDING, SEG_SEQUENCES, Case, both, max_difference, names, \
+    run_sides, side_argv
+
 pytestmark = [pytest.mark.integration, pytest.mark.parity]
 
 TARGET = 'pytorch-gan-collections'
 RUNNER = Path(__file__).resolve().parent / 'wgangp_runner.py'
 IMAGES = 64  # the tiny CIFAR-10 (python -m ganpatch.fake_data cifar10 DIR --images 64)
-
-# What a case expects of the two sides.
-IDENTICAL = 'identical'           # every loss, every optimizer call (network, minibatch, lr) and the final weights
-NORM_ROUNDING = 'norm rounding'   # the first gradient agrees, each norm-clipped update differs by rounding
-SEG_SEQUENCES = 'SEG sequences'   # the documented call sequences (THEIR_SEG, OUR_SEG)
-NOISE_STATISTICS = 'noise statistics'  # --evaluate: same counts, noise means within NOISE_Z standard errors
-
-
-@dataclass(frozen=True)
-class Case:
-    flags: str        # wgangp.py flags of both sides, after COMMON; {case} is that case's --logdir on the same side
-    expect: str       # one of the expectations above
-    ours: str = ''    # flags only ganpatch's wgangp.py has
-
 
 # Both sides: cnn32 at batch 4, 4 outer steps of n_dis=5 D updates and one G update, no IS/FID.
 COMMON = '--arch=cnn32 --batch_size=4 --sample_size=4 --n_dis=5 --total_steps=4 --norecord --seed=0'
@@ -66,14 +52,10 @@ NOISE_Z = 3  # noise means of the two sides differ by less than this many combin
 NORM_CLIP_ROUNDING = 1e-6  # bound on the weight difference after one norm-clipped update (measured: docs/parity.md)
 
 
-def side_argv(case, side, work):
-    """wgangp.py's argv for `case` on `side` ('authors' or 'ganpatch'), with its own --logdir."""
-    logdirs = {name: f'{work}/{side}/{name}' for name in CASES}
-    flags = CASES[case].flags.format(**logdirs)
-    argv = [*COMMON.split(), f'--data_dir={work}/data', f'--logdir={logdirs[case]}', *flags.split()]
-    if side == 'ganpatch':
-        argv += [*OURS_ONLY.split(), *CASES[case].ours.split()]
-    return argv
+def argv(case, side, work):
+    """wgangp.py's argv for `case` on `side`, with its own --logdir."""
+    return side_argv(CASES, case, side, work, [*COMMON.split(), f'--data_dir={work}/data'], OURS_ONLY.split(),
+                     'logdir')
 
 
 @pytest.fixture(scope='module')
@@ -87,45 +69,10 @@ def work(parity_trees, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def runs(parity_trees, work):
-    """side -> case -> the runner's record ('weights': the path of the final state dicts); both sides at once."""
+    """side -> case -> the runner's record; both sides at once."""
     trees = dict(zip(['ganpatch', 'authors'], parity_trees(TARGET)))
-    processes = {}
-    for side, tree in trees.items():
-        (work / f'out-{side}').mkdir()
-        jobs = work / f'{side}.json'
-        jobs.write_text(json.dumps([[case, side_argv(case, side, work)] for case in CASES]))
-        processes[side] = subprocess.Popen(
-            [sys.executable, str(RUNNER), str(jobs), str(work / f'out-{side}')], cwd=tree, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    results = {}
-    for side, process in processes.items():
-        stdout, stderr = process.communicate()
-        records = [json.loads(line[len('JOB '):]) for line in stdout.splitlines() if line.startswith('JOB ')]
-        assert process.returncode == 0 and [r['name'] for r in records] == list(CASES), \
-            f'{side} runner failed ({process.returncode}):\n{stderr[-6000:]}'
-        results[side] = {r['name']: dict(r, weights=work / f'out-{side}' / f'{r["name"]}.pt') for r in records}
-        print(f'{side}: ' + ', '.join(f'{r["name"]} {r["cpu_s"]:.1f}' for r in records) + ' (CPU s)')
-    return results
-
-
-def both(runs, case):
-    """(theirs, ours) records of `case`; fails when either side stopped with an error."""
-    theirs, ours = runs['authors'][case], runs['ganpatch'][case]
-    assert theirs['error'] is None and ours['error'] is None, (theirs['error'], ours['error'])
-    return theirs, ours
-
-
-def weights(record):
-    saved = torch.load(record['weights'], weights_only=True)
-    return {f'{net}.{name}': tensor for net, state in saved.items() for name, tensor in state.items()}
-
-
-def max_difference(theirs, ours):
-    """network -> the largest absolute difference of its final weights (parameters and BatchNorm buffers)."""
-    a, b = weights(theirs), weights(ours)
-    assert a.keys() == b.keys()
-    return {net: max((a[k].double() - b[k].double()).abs().max().item() for k in a if k.startswith(net))
-            for net in ('net_G', 'net_D')}
+    jobs = {side: [[case, argv(case, side, work)] for case in CASES] for side in trees}
+    return run_sides(trees, RUNNER, jobs, work)
 
 
 def sequence(calls):
@@ -140,11 +87,7 @@ def sequence(calls):
     return ' | '.join(' '.join(group) for group in groups)
 
 
-def cases(expect):
-    return [name for name, case in CASES.items() if case.expect == expect]
-
-
-@pytest.mark.parametrize('case', cases(IDENTICAL))
+@pytest.mark.parametrize('case', names(CASES, IDENTICAL))
 def test_identical(runs, case):
     theirs, ours = both(runs, case)
     assert len(theirs['losses']) == len(ours['losses']) > 0
