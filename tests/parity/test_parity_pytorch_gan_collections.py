@@ -34,6 +34,8 @@ CASES = {
     'sgd': Case('--opt=sgd --lr_G=0.0002 --lr_D=0.0004', IDENTICAL),
     'adam-value': Case('--opt=adam --clip_mode=value --clip_G=0.01 --clip_D=0.01', IDENTICAL),
     'sgd-norm': Case(SGD_NORM, NORM_ROUNDING),
+    # --clip_norm_eps=1e-6 reproduces the authors' clip_grad_norm_ arithmetic, c/(|g|+1e-6): bit-identical.
+    'sgd-norm-eps': Case(SGD_NORM, IDENTICAL, ours='--clip_norm_eps=1e-6'),
     'sgd-norm-one-D-update': Case(f'{SGD_NORM} --total_steps=1 --n_dis=1', NORM_ROUNDING),
     'extrasgd-value': Case('--opt=extrasgd --lr_G=0.02 --lr_D=0.02 --clip_mode=value --clip_G=0.01 --clip_D=0.01 '
                            '--total_steps=2', SEG_SEQUENCES),
