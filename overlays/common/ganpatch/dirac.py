@@ -10,11 +10,13 @@ Losses (D maximizes its objective, G minimizes its loss):
 with s the logistic sigmoid (ns = the non-saturating generator loss).
 
 Each iteration does one SGD step of both players with learning rate lr (alternating: G first, then D at the new
-theta, as the authors did; or simultaneous), then adds the controller of the paper's controlled Dirac-GAN,
-dX = f(X) dt + rho1 X dB1 + rho2 |X|^beta X dB2 (|X| taken as the Euclidean norm), with X the pre-update value
-and one (b1, b2) per iteration shared by both coordinates:
-  scheme 'authors':        X += rho1 X b1 - rho2 |X|^beta X b2,  b1, b2 ~ N(0, 1)  (no sqrt(lr): the authors' code)
-  scheme 'euler-maruyama': X += rho1 X dB1 + rho2 |X|^beta X dB2, dB ~ N(0, dt), dt = lr
+theta, as the authors did; or simultaneous), then adds the controller of the paper's controlled Dirac-GAN (eq. 7),
+dX = f(X) dt + rho1 X dB1 + rho2 |X|^beta X dB2, with X the pre-update value and one (b1, b2) per iteration
+shared by both coordinates:
+  scheme 'authors':        x_i += rho1 x_i b1 - rho2 |x_i|^beta x_i b2 for x_i in (phi, theta), b1, b2 ~ N(0, 1):
+                           the authors' Dirac-GAN code (GAN-BMC `Dirac-GAN/dirac_gan/model_wrapper.py`), which takes
+                           |.| per coordinate and does not scale the increments by sqrt(lr)
+  scheme 'euler-maruyama': X += rho1 X dB1 + rho2 |X|^beta X dB2, |X| the Euclidean norm, dB ~ N(0, dt), dt = lr
 "Converged" = the first iteration after which ||X|| stays below `tol` until the end of the run (the paper states
 no tolerance). Seeds give common random numbers: seed s drives the same increments in every configuration.
 
@@ -80,18 +82,24 @@ def _sgd_step(phi, theta, lr, loss, update):
 
 
 def simulate(configs, seeds, iterations, *, lr=0.1, loss='wgan', update='alternating', scheme='authors', tol=1e-3,
-             start=(1.0, 1.0), record=False):
+             start=(1.0, 1.0), record=False, noise=None):
     """Run every (rho1, rho2, beta) in `configs` for every seed, vectorized over both.
 
     Returns a `DiracRuns`. converged[c, s] is the first iteration after which ||X|| stays below `tol` (np.inf if
     ||X|| is not below tol at the end, or the run diverged). With `record`, also ||X_k|| and X_k for k = 0..iterations.
     Without `record` the run stops early once every ||X|| < 1e-6 tol (with the controller's multiplicative noise,
     a return above tol from there has probability ~1e-6).
+    `noise`, shape [len(seeds), iterations, 2]: standard normal (b1, b2) of each seed and iteration to use instead
+    of the seeds' own draws (for example another program's); the scheme scales them as its own.
     """
     _check_choice('loss', loss, LOSSES)
     _check_choice('update', update, UPDATES)
     _check_choice('scheme', scheme, SCHEMES)
     configs, seeds = np.asarray(configs, dtype=np.float64).reshape(-1, 3), list(seeds)
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.shape != (len(seeds), iterations, 2):
+            raise ValueError(f'noise has shape {noise.shape}; expected (seeds, iterations, 2) = {(len(seeds), iterations, 2)}')
     rows = len(configs) * len(seeds)
     rho1, rho2, beta = (np.repeat(configs[:, i], len(seeds)) for i in range(3))
     noise_scale = 1.0 if scheme == 'authors' else math.sqrt(lr)
@@ -108,13 +116,20 @@ def simulate(configs, seeds, iterations, *, lr=0.1, loss='wgan', update='alterna
         generators = [np.random.default_rng(seed) for seed in seeds] # As brownian_increments().
         for block_start in range(0, iterations, _BLOCK):
             count = min(_BLOCK, iterations - block_start)
-            increments = np.stack([rng.standard_normal((count, 2)) for rng in generators], axis=1) * noise_scale # [count, seeds, 2]
-            increments = np.tile(increments, (1, len(configs), 1)) # Row = config * len(seeds) + seed.
+            if noise is None:
+                increments = np.stack([rng.standard_normal((count, 2)) for rng in generators], axis=1) # [count, seeds, 2]
+            else:
+                increments = noise[:, block_start:block_start + count].transpose(1, 0, 2)
+            increments = np.tile(increments * noise_scale, (1, len(configs), 1)) # Row = config * len(seeds) + seed.
             for k in range(count):
-                norm = np.sqrt(phi * phi + theta * theta)
-                gain = rho1 * increments[k, :, 0] + sign2 * rho2 * norm ** beta * increments[k, :, 1]
+                b1, b2 = increments[k, :, 0], increments[k, :, 1]
+                if scheme == 'authors': # |.| of each coordinate.
+                    gain_phi = rho1 * b1 + sign2 * rho2 * np.abs(phi) ** beta * b2
+                    gain_theta = rho1 * b1 + sign2 * rho2 * np.abs(theta) ** beta * b2
+                else: # Euclidean norm of X.
+                    gain_phi = gain_theta = rho1 * b1 + sign2 * rho2 * np.sqrt(phi * phi + theta * theta) ** beta * b2
                 phi_next, theta_next = _sgd_step(phi, theta, lr, loss, update)
-                phi, theta = phi_next + gain * phi, theta_next + gain * theta
+                phi, theta = phi_next + gain_phi * phi, theta_next + gain_theta * theta
                 iteration = block_start + k + 1
                 norm = np.sqrt(phi * phi + theta * theta)
                 below = norm < tol # NaN / inf count as above.
@@ -130,7 +145,22 @@ def simulate(configs, seeds, iterations, *, lr=0.1, loss='wgan', update='alterna
     if not record:
         return DiracRuns(converged, first_below.reshape(shape))
     trajectory = trajectory.transpose(1, 0, 2).reshape(shape + (iterations + 1, 2))
-    return DiracRuns(converged, first_below.reshape(shape), np.sqrt((trajectory ** 2).sum(-1)), trajectory)
+    with np.errstate(over='ignore', invalid='ignore'): # Diverged runs: inf / NaN norms.
+        norms = np.sqrt((trajectory ** 2).sum(-1))
+    return DiracRuns(converged, first_below.reshape(shape), norms, trajectory)
+
+
+def convergence_iterations(norms, tol):
+    """(converged, first_below) of recorded runs, as `simulate` defines them: `norms` holds ||X_k|| for
+    k = 0..K on its last axis (any other program's trajectories, e.g. the authors' code's). converged is the first
+    iteration after which ||X|| stays below `tol` through K (np.inf if ||X_K|| is not below tol or not finite);
+    first_below is the first k with ||X_k|| < tol (np.inf if none)."""
+    norms = np.asarray(norms, dtype=np.float64)
+    below = norms < tol # NaN / inf count as above.
+    last_above = norms.shape[-1] - 1 - np.argmax(~below[..., ::-1], axis=-1)
+    converged = np.where(~below.any(-1) | ~below[..., -1], np.inf, np.where(below.all(-1), 0, last_above + 1))
+    first_below = np.where(below.any(-1), np.argmax(below, axis=-1), np.inf)
+    return converged, first_below
 
 
 def _check_choice(name, value, choices):
@@ -250,8 +280,8 @@ def _positive(kind):
     return parse
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog='python -m ganpatch.dirac', description=__doc__.split('\n\n')[0],
+def parse_args(argv, prog='python -m ganpatch.dirac'):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--figure', metavar='PNG', help='write the Figure 1 analogue to this PNG')
     parser.add_argument('--table', action='store_true', help='print the Tables 1-2 analogue next to the paper')
@@ -282,8 +312,9 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv=None, prog='python -m ganpatch.dirac'):
+    """The command line; `prog` names the command in usage and errors (a tree's own script passes its name)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
     common = dict(lr=args.lr, loss=args.loss, update=args.update, scheme=args.scheme, tol=args.tol)
     if args.table:
         seeds = list(range(args.seed, args.seed + args.seeds))
