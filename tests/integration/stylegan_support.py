@@ -1,0 +1,115 @@
+"""Helpers shared by the integration tests of the two StyleGAN trees (stylegan3, stylegan2-ada).
+
+Imported by tests/integration/test_stylegan*.py (pytest puts this folder on sys.path).
+"""
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+
+METHOD_PATCH_SUBJECT = 'Optimizers and clipping' # The first method patch of both series.
+
+LOAD_AND_GENERATE = r'''
+import sys, torch, dnnlib, legacy
+with dnnlib.util.open_url(sys.argv[1]) as f:
+    data = legacy.load_network_pkl(f)
+G = data['G_ema']
+img = G(torch.randn([1, G.z_dim]), torch.zeros([1, G.c_dim]), noise_mode='const')
+print('IMAGE', list(img.shape), bool(torch.isfinite(img).all()))
+'''
+
+SNAPSHOTS_EQUAL = r'''
+import sys, torch, dnnlib, legacy
+def load(path):
+    with dnnlib.util.open_url(path) as f:
+        return legacy.load_network_pkl(f)
+a, b = load(sys.argv[1]), load(sys.argv[2])
+differ = [f'{key}.{name}' for key in ['G', 'D', 'G_ema']
+          for (name, x), (_, y) in zip(a[key].state_dict().items(), b[key].state_dict().items()) if not torch.equal(x, y)]
+print('DIFFER', differ, 'COUNT', sum(len(a[key].state_dict()) for key in ['G', 'D', 'G_ema']))
+'''
+
+# Runs train.main (or any click command) on many argument lists in one process; prints one line each.
+RUN_CLICK_COMMANDS = r'''
+import json, sys, click, importlib
+command = getattr(importlib.import_module(sys.argv[1]), sys.argv[2])
+for args in json.loads(sys.argv[3]):
+    try:
+        command.main(args, standalone_mode=False)
+        print('ACCEPTED', json.dumps(args))
+    except click.ClickException as err:
+        print('REJECTED', json.dumps(err.format_message()))
+'''
+
+
+def run(tree, args, cwd=None, timeout=900, env=None):
+    """Run a python script of the tree; fail with its output unless it succeeds."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd or tree, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{shlex.join(map(str, args))} failed ({proc.returncode}):\n{output[-6000:]}'
+    return output
+
+
+def seed_args(command, **paths):
+    """The argv of a seed command after 'python', with paths substituted."""
+    return shlex.split(command.format(**paths).replace('\\\n', ' '))[1:]
+
+
+def stats_means(run_dir):
+    """Every stat of every tick in stats.jsonl: name -> list of means."""
+    means = {}
+    for line in (run_dir / 'stats.jsonl').read_text().splitlines():
+        for name, value in json.loads(line).items():
+            if isinstance(value, dict):
+                means.setdefault(name, []).append(value['mean'])
+    return means
+
+
+def last_snapshot(run_dir):
+    snapshots = sorted(run_dir.glob('network-snapshot-*.pkl'))
+    assert snapshots, list(run_dir.iterdir())
+    return snapshots[-1]
+
+
+def check_finite_losses_and_snapshot(tree, run_dir, resolution=32):
+    """Every tick's losses are finite and the last snapshot loads and generates a finite image; returns the stats."""
+    means = stats_means(run_dir)
+    for key in ['Loss/G/loss', 'Loss/D/loss', 'Loss/G/reg', 'Loss/D/reg']:
+        assert key in means and all(math.isfinite(v) for v in means[key]), (key, means.get(key))
+    output = run(tree, ['-c', LOAD_AND_GENERATE, str(last_snapshot(run_dir))])
+    assert f'IMAGE [1, 3, {resolution}, {resolution}] True' in output, output[-3000:]
+    return means
+
+
+def run_click_commands(tree, module, command, argv_list, tmp_path):
+    """[(accepted, message-or-args)] for each argument list, all in one process."""
+    output = run(tree, ['-c', RUN_CLICK_COMMANDS, module, command, json.dumps(argv_list)], cwd=tmp_path)
+    results = [line for line in output.splitlines() if line.startswith(('ACCEPTED', 'REJECTED'))]
+    assert len(results) == len(argv_list), output[-3000:]
+    return [(line.startswith('ACCEPTED'), json.loads(line.split(' ', 1)[1])) for line in results]
+
+
+def compat_only_tree(tree, dest):
+    """The tree before the method patches (upstream + compat series) with the ganpatch package, in `dest`."""
+    found = subprocess.run(['git', '-C', str(tree), 'log', '--format=%H', f'--grep=^{METHOD_PATCH_SUBJECT}', 'upstream..HEAD'],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(found) == 1, f'no single patch commit titled "{METHOD_PATCH_SUBJECT}..." in {tree}'
+    dest.mkdir()
+    subprocess.run(f'git -C {tree} archive {found[0]}~1 | tar -x -C {dest}', shell=True, check=True)
+    subprocess.run(f'git -C {tree} archive HEAD ganpatch | tar -x -C {dest}', shell=True, check=True)
+    return dest
+
+
+def cache_stand_in(cache_dir, url, write):
+    """Put a stand-in for the file at `url` where dnnlib.util.open_url looks first ($DNNLIB_CACHE_DIR/downloads),
+    so the tree's URL code path runs unchanged without a network; `write(path)` writes the stand-in."""
+    downloads = cache_dir / 'downloads'
+    downloads.mkdir(parents=True, exist_ok=True)
+    path = downloads / f'{hashlib.md5(url.encode("utf-8")).hexdigest()}_{url.split("/")[-1]}'
+    write(path)
+    return path
