@@ -47,9 +47,10 @@ for args in json.loads(sys.argv[3]):
 
 
 def run(tree, args, cwd=None, timeout=900, env=None):
-    """Run a python script of the tree; fail with its output unless it succeeds."""
+    """Run a python script of the tree (importable from any `cwd`); fail with its output unless it succeeds."""
+    path = os.pathsep.join([str(tree), *filter(None, [os.environ.get('PYTHONPATH')])])
     proc = subprocess.run([sys.executable, *args], cwd=cwd or tree, capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})
+                          env={**os.environ, 'PYTHONPATH': path, **(env or {})})
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f'{shlex.join(map(str, args))} failed ({proc.returncode}):\n{output[-6000:]}'
     return output
@@ -113,3 +114,28 @@ def cache_stand_in(cache_dir, url, write):
     path = downloads / f'{hashlib.md5(url.encode("utf-8")).hexdigest()}_{url.split("/")[-1]}'
     write(path)
     return path
+
+
+# Runs train.py's main on many argument lists in one process (each run as if alone: the multiprocessing start
+# method and dnnlib's stdout loggers are reset in between); prints 'RUN <i> OK' or the error of each.
+RUN_TRAININGS = r'''
+import json, multiprocessing, sys, traceback
+import dnnlib, train
+for index, args in enumerate(json.loads(sys.argv[1])):
+    multiprocessing.set_start_method(None, force=True) # train.py sets 'spawn' once per process.
+    try:
+        train.main.main(args, standalone_mode=False)
+        print(f'RUN {index} OK', flush=True)
+    except BaseException: # pylint: disable=broad-except
+        print(f'RUN {index} FAILED\n' + traceback.format_exc(), flush=True)
+    while isinstance(sys.stdout, dnnlib.util.Logger):
+        sys.stdout.close() # Restores the stream the logger wrapped.
+'''
+
+
+def run_trainings(tree, argv_list, cwd):
+    """Run train.py on each argument list in one process; fail with the first failure's output."""
+    output = run(tree, ['-c', RUN_TRAININGS, json.dumps(argv_list)], cwd=cwd)
+    for index in range(len(argv_list)):
+        assert f'RUN {index} OK' in output, f'train.py {shlex.join(argv_list[index])} failed:\n{output[-6000:]}'
+    return output
