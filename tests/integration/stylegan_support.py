@@ -116,13 +116,17 @@ def cache_stand_in(cache_dir, url, write):
     return path
 
 
-# Runs train.py's main on many argument lists in one process (each run as if alone: the multiprocessing start
-# method and dnnlib's stdout loggers are reset in between); prints 'RUN <i> OK' or the error of each.
+# Runs train.py's main on many argument lists in one process, each as if alone: the once-per-process state
+# (multiprocessing's start method, training_stats' counters and its init-once flag, dnnlib's stdout loggers)
+# is reset in between. Prints 'RUN <i> OK' or the error of each.
 RUN_TRAININGS = r'''
 import json, multiprocessing, sys, traceback
 import dnnlib, train
+from torch_utils import training_stats
 for index, args in enumerate(json.loads(sys.argv[1])):
     multiprocessing.set_start_method(None, force=True) # train.py sets 'spawn' once per process.
+    training_stats._counters.clear(), training_stats._cumulative.clear()
+    training_stats._sync_called = False
     try:
         train.main.main(args, standalone_mode=False)
         print(f'RUN {index} OK', flush=True)
@@ -139,3 +143,99 @@ def run_trainings(tree, argv_list, cwd):
     for index in range(len(argv_list)):
         assert f'RUN {index} OK' in output, f'train.py {shlex.join(argv_list[index])} failed:\n{output[-6000:]}'
     return output
+
+
+# On a CUDA GPU: the custom ops named in argv against upstream's reference implementation.
+CUSTOM_OPS_AGAINST_REFERENCE = r'''
+import importlib, json, sys
+import numpy as np
+import torch
+
+torch.manual_seed(0)
+x = torch.randn([4, 16, 32, 32], device='cuda')
+b = torch.randn([16], device='cuda')
+ops = {name: importlib.import_module(f'torch_utils.ops.{name}') for name in sys.argv[1:]}
+f = ops['upfirdn2d'].setup_filter([1, 3, 3, 1], device='cuda')
+calls = {
+    'bias_act': lambda impl: ops['bias_act'].bias_act(x, b, act='lrelu', impl=impl),
+    'upfirdn2d': lambda impl: ops['upfirdn2d'].upsample2d(x, f, impl=impl),
+    'filtered_lrelu': lambda impl: ops['filtered_lrelu'].filtered_lrelu(
+        x, fu=f, fd=f, b=b, up=2, down=2, padding=1, gain=np.sqrt(2), slope=0.2, impl=impl),
+}
+results = {}
+for name, module in ops.items():
+    fast, ref = calls[name]('cuda'), calls[name]('ref')
+    results[name] = dict(plugin=module._plugin is not None, max_abs_diff=float((fast - ref).abs().max()),
+                         ref_max_abs=float(ref.abs().max()))
+print('RESULT ' + json.dumps(results))
+'''
+
+
+def needs_cuda():
+    import torch
+    if not torch.cuda.is_available():
+        import pytest
+        pytest.skip('needs a CUDA GPU')
+
+
+def check_custom_ops_against_reference(tree, ops):
+    """Each CUDA plugin in `ops` is loaded and agrees with the reference implementation."""
+    output = run(tree, ['-c', CUSTOM_OPS_AGAINST_REFERENCE, *ops])
+    results = json.loads(output.split('RESULT ', 1)[1].splitlines()[0])
+    assert sorted(results) == sorted(ops), results
+    for name, result in results.items():
+        assert result['plugin'], f'{name}: the CUDA plugin was not loaded'
+        assert result['max_abs_diff'] <= 1e-3 * max(1.0, result['ref_max_abs']), (name, result)
+
+
+def check_cuda_run_used_the_plugins(tree, output, run_dir, plugins):
+    """A CUDA training run set up `plugins` without falling back, and produced finite losses and a snapshot."""
+    for plugin in plugins:
+        assert f'Setting up PyTorch plugin "{plugin}"... Done.' in output, output[-6000:]
+    assert 'Failed to build CUDA kernels' not in output and 'not supported on PyTorch' not in output, output[-6000:]
+    check_finite_losses_and_snapshot(tree, run_dir)
+
+
+# Records the output_mask (input, weight, bias) of every aten.convolution_backward call in the first-order
+# path-length and R1 passes, and whether their double backward reaches the conv weights; `{networks}` builds
+# a generator G (mapping + synthesis, w_dim 32, 32x32) and a discriminator D of the tree.
+CONVOLUTION_BACKWARD_MASKS = r'''
+import warnings
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch_utils.ops import conv2d_gradfix
+
+class OutputMasks(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.masks = set()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.masks.add(tuple(args[-1]))
+        return func(*args, **(kwargs or {{}}))
+
+warnings.simplefilter('error') # No fallback warnings either.
+torch.manual_seed(0)
+conv2d_gradfix.enabled = True # As the training loop sets it.
+{networks}
+ws = G.mapping(torch.randn([2, 32]), None)
+img = G.synthesis(ws)
+with OutputMasks() as pl, conv2d_gradfix.no_weight_gradients():
+    pl_grads = torch.autograd.grad([(img * torch.randn_like(img)).sum()], [ws], create_graph=True)[0]
+real = torch.randn([4, 3, 32, 32], requires_grad=True)
+with OutputMasks() as r1, conv2d_gradfix.no_weight_gradients():
+    r1_grads = torch.autograd.grad([D(real, None).sum()], [real], create_graph=True)[0]
+with OutputMasks() as second:
+    (pl_grads.square().sum() + r1_grads.square().sum()).backward()
+print('PL', sorted(pl.masks))
+print('R1', sorted(r1.masks))
+print('SECOND_WEIGHT', any(mask[1] for mask in second.masks))
+conv_weight_grads = [p.grad is not None for name, p in D.named_parameters() if name.endswith('conv0.weight')]
+print('D_WEIGHT_GRAD', len(conv_weight_grads) > 0 and all(conv_weight_grads))
+'''
+
+
+def check_regularizer_passes_compute_no_conv_weight_gradients(tree, networks):
+    output = run(tree, ['-c', CONVOLUTION_BACKWARD_MASKS.format(networks=networks)])
+    for line in ['PL [(True, False, False)]', 'R1 [(True, False, False)]', 'SECOND_WEIGHT True', 'D_WEIGHT_GRAD True']:
+        assert line in output, output

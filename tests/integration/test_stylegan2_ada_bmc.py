@@ -5,10 +5,9 @@ respect to the fake logits s is  d/ds [softplus(-s) - 1/2 rho1 |s^2 b1| - 1/4 rh
 = -sigmoid(-s) - rho1 |b1| s - 1/2 rho2 |b2| s;  --bmc=D must give the exact gradient of paper eq. 18.
 """
 
-import subprocess
-import sys
-
 import pytest
+
+from stylegan_support import run
 
 pytestmark = pytest.mark.integration
 
@@ -86,19 +85,13 @@ print('MATCH', close, 'CROSS_TERM_MATTERS', differs > 1e-6)
 '''
 
 
-def run(tree, script):
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tree, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
 def test_bmc_on_G_is_the_authors_term_and_its_gradient_the_formula(patched_tree):
-    output = run(patched_tree('stylegan2-ada'), G_TERM)
+    output = run(patched_tree('stylegan2-ada'), ['-c', G_TERM])
     assert 'GRADIENT_MATCHES_FORMULA True' in output, output
     assert 'LOSS_MATCHES_AUTHORS True' in output, output
     assert 'TERM_LOGGED True' in output, output
 
 
 def test_bmc_on_D_gives_the_exact_eq18_gradient(patched_tree):
-    output = run(patched_tree('stylegan2-ada'), D_TERM)
+    output = run(patched_tree('stylegan2-ada'), ['-c', D_TERM])
     assert 'MATCH True CROSS_TERM_MATTERS True' in output, output

@@ -3,10 +3,9 @@ code paths of NVlabs/stylegan3'): no fallback warnings, grid_sample_gradfix's cu
 backward through the augmentation pipe and agrees with the native op, and conv2d_gradfix's native path
 computes no conv weight gradients in the first-order R1 / path-length passes."""
 
-import subprocess
-import sys
-
 import pytest
+
+from stylegan_support import check_regularizer_passes_compute_no_conv_weight_gradients, run
 
 pytestmark = pytest.mark.integration
 
@@ -44,57 +43,18 @@ print('CUSTOM_OP_CALLS', len(calls) > 0)
 print('AGREE', all(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale) for a, b in zip(custom, native)))
 '''
 
-LOG_CONVOLUTION_BACKWARD = r'''
-import warnings
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch_utils.ops import conv2d_gradfix
+NETWORKS = """
 from training.networks import Generator, Discriminator
-
-class OutputMasks(TorchDispatchMode):
-    """Records the output_mask (input, weight, bias) of every aten.convolution_backward call."""
-    def __init__(self):
-        super().__init__()
-        self.masks = set()
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.convolution_backward.default:
-            self.masks.add(tuple(args[-1]))
-        return func(*args, **(kwargs or {}))
-
-warnings.simplefilter('error')
-torch.manual_seed(0)
-conv2d_gradfix.enabled = True # As the training loop sets it.
 G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
               synthesis_kwargs=dict(channel_base=256, channel_max=32)).train()
 D = Discriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=256, channel_max=32).train()
-ws = G.mapping(torch.randn([2, 32]), None)
-img = G.synthesis(ws)
-with OutputMasks() as pl, conv2d_gradfix.no_weight_gradients():
-    pl_grads = torch.autograd.grad([(img * torch.randn_like(img)).sum()], [ws], create_graph=True)[0]
-real = torch.randn([4, 3, 32, 32], requires_grad=True)
-with OutputMasks() as r1, conv2d_gradfix.no_weight_gradients():
-    r1_grads = torch.autograd.grad([D(real, None).sum()], [real], create_graph=True)[0]
-with OutputMasks() as second:
-    (pl_grads.square().sum() + r1_grads.square().sum()).backward()
-print('PL', sorted(pl.masks))
-print('R1', sorted(r1.masks))
-print('SECOND_WEIGHT', any(mask[1] for mask in second.masks))
-'''
-
-
-def run(tree, script):
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tree, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+"""
 
 
 def test_grid_sample_custom_op_runs_r1_through_the_augment_pipe_without_warnings(patched_tree):
-    output = run(patched_tree('stylegan2-ada'), GRID_SAMPLE)
+    output = run(patched_tree('stylegan2-ada'), ['-c', GRID_SAMPLE])
     assert 'CUSTOM_OP_CALLS True' in output and 'AGREE True' in output, output
 
 
 def test_first_order_regularizer_passes_compute_no_conv_weight_gradients(patched_tree):
-    output = run(patched_tree('stylegan2-ada'), LOG_CONVOLUTION_BACKWARD)
-    assert 'PL [(True, False, False)]' in output, output
-    assert 'R1 [(True, False, False)]' in output, output
-    assert 'SECOND_WEIGHT True' in output, output
+    check_regularizer_passes_compute_no_conv_weight_gradients(patched_tree('stylegan2-ada'), NETWORKS)

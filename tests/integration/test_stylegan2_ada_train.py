@@ -13,8 +13,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from stylegan_support import (LOAD_AND_GENERATE, SNAPSHOTS_EQUAL, cache_stand_in, check_finite_losses_and_snapshot,
-                              compat_only_tree, last_snapshot, run, run_click_commands, run_trainings, seed_args, stats_means)
+from stylegan_support import (LOAD_AND_GENERATE, SNAPSHOTS_EQUAL, cache_stand_in, check_cuda_run_used_the_plugins,
+                              check_custom_ops_against_reference, check_finite_losses_and_snapshot, compat_only_tree, last_snapshot,
+                              needs_cuda, run, run_click_commands, run_trainings, seed_args, stats_means)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -287,44 +288,14 @@ def test_seed_tool_commands_with_local_files(tree, datasets, smoke_runs, tmp_pat
 
 # On a CUDA GPU (skipped elsewhere): the custom ops, not the reference path, and a short real run.
 
-CUSTOM_OPS_AGAINST_REFERENCE = r'''
-import json
-import torch
-from torch_utils.ops import bias_act, upfirdn2d
-
-torch.manual_seed(0)
-x = torch.randn([4, 16, 32, 32], device='cuda')
-b = torch.randn([16], device='cuda')
-f = upfirdn2d.setup_filter([1, 3, 3, 1], device='cuda')
-calls = {
-    'bias_act': (bias_act, lambda impl: bias_act.bias_act(x, b, act='lrelu', impl=impl)),
-    'upfirdn2d': (upfirdn2d, lambda impl: upfirdn2d.upsample2d(x, f, impl=impl)),
-}
-results = {}
-for name, (module, call) in calls.items():
-    fast, ref = call('cuda'), call('ref')
-    results[name] = dict(plugin=module._plugin is not None, max_abs_diff=float((fast - ref).abs().max()), ref_max_abs=float(ref.abs().max()))
-print('RESULT ' + json.dumps(results))
-'''
-
 CUDA_RUN = ('--gpus=1 --batch=8 --cbase=512 --cmax=32 --map-depth=2 --kimg=0.2 --tick=0.1 --snap=1 --grid=4x2 '
             '--metrics=none --workers=1 --device=cuda').split()
-
-
-def needs_cuda():
-    import torch
-    if not torch.cuda.is_available():
-        pytest.skip('needs a CUDA GPU')
 
 
 @pytest.mark.gpu
 def test_cuda_custom_ops_are_loaded_and_agree_with_the_reference(tree):
     needs_cuda()
-    output = run(tree, ['-c', CUSTOM_OPS_AGAINST_REFERENCE])
-    results = json.loads(output.split('RESULT ', 1)[1].splitlines()[0])
-    for name, result in results.items():
-        assert result['plugin'], f'{name}: the CUDA plugin was not loaded'
-        assert result['max_abs_diff'] <= 1e-3 * max(1.0, result['ref_max_abs']), (name, result)
+    check_custom_ops_against_reference(tree, ['bias_act', 'upfirdn2d'])
 
 
 @pytest.mark.gpu
@@ -332,8 +303,5 @@ def test_cuda_sgd_value_clip_run_uses_the_custom_ops(tree, datasets, tmp_path):
     needs_cuda()
     options = '--optimizer=sgd --glr=0.01 --dlr=0.01 --clip-mode=value --clip-gmax=0.01 --clip-dmax=0.01 --bmc=G'.split()
     output = run(tree, ['train.py', f'--outdir={tmp_path}', f'--data={datasets["data"]}', *CUDA_RUN, *options])
-    for plugin in ['bias_act_plugin', 'upfirdn2d_plugin']:
-        assert f'Setting up PyTorch plugin "{plugin}"... Done.' in output, output[-6000:]
-    assert 'Failed to build CUDA kernels' not in output and 'not supported on PyTorch' not in output, output[-6000:]
     [run_dir] = tmp_path.iterdir()
-    check_finite_losses_and_snapshot(tree, run_dir)
+    check_cuda_run_used_the_plugins(tree, output, run_dir, ['bias_act_plugin', 'upfirdn2d_plugin'])
