@@ -1,7 +1,8 @@
 """The gradfix ops of the patched stylegan2-ada tree on torch 2.x (patch 'gradfix ops: the torch >= 1.11
 code paths of NVlabs/stylegan3'): no fallback warnings, grid_sample_gradfix's custom op runs the R1 double
 backward through the augmentation pipe and agrees with the native op, and conv2d_gradfix's native path
-computes no conv weight gradients in the first-order R1 / path-length passes."""
+computes no conv weight gradients in the first-order R1 / path-length passes; and upfirdn2d._init remembers a
+failed build."""
 
 import pytest
 
@@ -58,3 +59,25 @@ def test_grid_sample_custom_op_runs_r1_through_the_augment_pipe_without_warnings
 
 def test_first_order_regularizer_passes_compute_no_conv_weight_gradients(patched_tree):
     check_regularizer_passes_compute_no_conv_weight_gradients(patched_tree('stylegan2-ada'), NETWORKS)
+
+
+FAILED_BUILD = r'''
+import warnings
+from torch_utils import custom_ops
+from torch_utils.ops import upfirdn2d
+attempts = []
+def failing_build(*args, **kwargs):
+    attempts.append(1)
+    raise RuntimeError('no CUDA compiler')
+custom_ops.get_plugin = failing_build
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    results = [upfirdn2d._init() for _ in range(3)]
+print('ATTEMPTS', len(attempts), 'RESULTS', results, 'WARNINGS', sum('Failed to build CUDA kernels' in str(w.message) for w in caught))
+'''
+
+
+def test_upfirdn2d_remembers_a_failed_build(patched_tree):
+    """Upstream retried the build (and warned) on every call; now the first failure decides, as in bias_act."""
+    output = run(patched_tree('stylegan2-ada'), ['-c', FAILED_BUILD])
+    assert 'ATTEMPTS 1 RESULTS [False, False, False] WARNINGS 1' in output, output
