@@ -239,3 +239,69 @@ def check_regularizer_passes_compute_no_conv_weight_gradients(tree, networks):
     output = run(tree, ['-c', CONVOLUTION_BACKWARD_MASKS.format(networks=networks)])
     for line in ['PL [(True, False, False)]', 'R1 [(True, False, False)]', 'SECOND_WEIGHT True', 'D_WEIGHT_GRAD True']:
         assert line in output, output
+
+
+# Bad values of the options ganpatch defines for both trees' train.py: (options, a part of the error message).
+# Each must be a click error before any run directory exists.
+SHARED_BAD_VALUES = [
+    (['--clip-mode=norm'], '--clip-mode=norm requires --clip-gmax and --clip-dmax'),
+    (['--clip-mode=value', '--clip-gmax=0', '--clip-dmax=1'], "Invalid value for '--clip-gmax'"),
+    (['--clip-gmax=1', '--clip-dmax=1'], '--clip-gmax and --clip-dmax require --clip-mode=norm or --clip-mode=value'),
+    (['--optimizer=rmsprop'], "Invalid value for '--optimizer'"),
+    (['--bmc=both'], "Invalid value for '--bmc'"),
+    (['--bmc-rho1=0.5'], '--bmc-rho1 requires --bmc=G or --bmc=D'),
+    (['--grid=4by2'], "Invalid value for '--grid'"),
+    (['--kimg=nan'], "Invalid value for '--kimg': 'nan' is not a finite number"),
+    (['--kimg=0'], "Invalid value for '--kimg'"),
+    (['--tick=inf'], "Invalid value for '--tick': 'inf' is not a finite number"),
+    (['--gamma=nan'], "Invalid value for '--gamma'"),
+    (['--glr=nan'], "Invalid value for '--glr'"),
+    (['--dlr=inf'], "Invalid value for '--dlr'"),
+    (['--p=nan', '--aug=fixed'], "Invalid value for '--p'"),
+    (['--target=nan'], "Invalid value for '--target'"),
+    (['--clip-mode=norm', '--clip-gmax=nan', '--clip-dmax=1'], "Invalid value for '--clip-gmax'"),
+    (['--bmc=G', '--bmc-rho1=nan'], "Invalid value for '--bmc-rho1'"),
+    (['--bmc=D', '--bmc-b2-std=inf'], "Invalid value for '--bmc-b2-std'"),
+    (['--bmc=D', '--bmc-b1-mean=-inf'], "Invalid value for '--bmc-b1-mean'"),
+    (['--resume=missing.pkl'], '--resume=missing.pkl: cannot load a network pickle: FileNotFoundError'),
+    (['--resume=corrupt.pkl'], '--resume=corrupt.pkl: cannot load a network pickle'),
+    (['--resume=corrupt.pkl', '--dry-run'], '--resume=corrupt.pkl: cannot load a network pickle'),
+]
+
+
+def check_bad_values_fail_at_startup(tree, base_args, bad_values, tmp_path):
+    """All in one process (train.main with standalone_mode=False). The runs are real ones (no --dry-run unless
+    listed), so an accepted value would train; none may create the output directory."""
+    (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04 not a pickle at all')
+    outdir = tmp_path / 'runs'
+    argv = [[f'--outdir={outdir}', *base_args, *bad] for bad, _ in bad_values]
+    for (bad, message), (accepted, text) in zip(bad_values, run_click_commands(tree, 'train', 'main', argv, tmp_path)):
+        assert not accepted and message in text, (bad, text)
+    assert not outdir.exists()
+
+
+# gradnoise_train.py's accumulation leaves every buffer of G and D (w_avg, magnitude EMAs) and the loss's
+# pl_mean as they were, in all four phases; `{tree_class}` is the tree's class in its gradnoise_train.py.
+GRADNOISE_LEAVES_STATISTICS = r'''
+import sys, torch, dnnlib, legacy
+from ganpatch.stylegan.gradnoise_driver import FrozenPathLengthMean
+from gradnoise_train import {tree_class} as Tree
+with dnnlib.util.open_url(sys.argv[1]) as f:
+    data = legacy.load_network_pkl(f)
+G, D = data['G'].train(), data['D'].train()
+loss = FrozenPathLengthMean(Tree, Tree.make_loss(device=torch.device('cpu'), G=G, D=D, augment_pipe=None, r1_gamma=1, **Tree.loss_kwargs(G, D)))
+loss.loss.pl_mean.fill_(0.5)
+before = {{name: t.clone() for name, t in [*G.named_buffers(), *D.named_buffers(), ('pl_mean', loss.loss.pl_mean)]}}
+for phase, module in [('Gmain', G), ('Greg', G), ('Dmain', D), ('Dreg', D)]:
+    module.requires_grad_(True)
+    loss.accumulate(phase=phase, real_img=torch.rand([4, 3, 32, 32]) * 2 - 1, real_c=torch.zeros([4, 0]),
+                    gen_z=torch.randn([4, G.z_dim]), gen_c=torch.zeros([4, 0]), gain=1)
+    module.requires_grad_(False)
+after = dict([*G.named_buffers(), *D.named_buffers(), ('pl_mean', loss.loss.pl_mean)])
+print('CHANGED', [name for name in before if not torch.equal(before[name], after[name])], 'W_AVG_NONZERO', bool(before['mapping.w_avg'].abs().sum() > 0))
+'''
+
+
+def check_gradnoise_leaves_statistics(tree, snapshot, tree_class):
+    output = run(tree, ['-c', GRADNOISE_LEAVES_STATISTICS.format(tree_class=tree_class), str(snapshot)])
+    assert 'CHANGED [] W_AVG_NONZERO True' in output, output[-3000:]
