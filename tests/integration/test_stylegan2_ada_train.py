@@ -192,7 +192,7 @@ import sys, torch
 class Features(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.proj = torch.nn.Parameter(torch.randn([3 * 4 * 4, 16], generator=torch.Generator().manual_seed(0)))
+        self.register_buffer('proj', torch.randn([3 * 4 * 4, 16], generator=torch.Generator().manual_seed(0)))
     def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(img / 255, 4).flatten(1) @ self.proj
 class Lpips(torch.nn.Module):

@@ -217,12 +217,13 @@ from torch_utils import persistence
 class StandInFeatures(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.proj = torch.nn.Parameter(torch.randn([3 * 4 * 4, 16], generator=torch.Generator().manual_seed(0)))
+        self.register_buffer('proj', torch.randn([3 * 4 * 4, 16], generator=torch.Generator().manual_seed(0)))
     def forward(self, img, return_features=False, **_):
         x = torch.nn.functional.adaptive_avg_pool2d(img.to(torch.float32) / 255, 4).flatten(1)
         return x @ self.proj
-with open(sys.argv[1], 'wb') as f:
-    pickle.dump(StandInFeatures(), f)
+if __name__ == '__main__': # The pickle carries this file's source (persistence) and runs it when loaded.
+    with open(sys.argv[1], 'wb') as f:
+        pickle.dump(StandInFeatures(), f)
 '''
 
 TOOLS = r'''
@@ -249,7 +250,8 @@ def test_upstream_tools_run_on_the_cpu_on_our_snapshot(tree, dataset, smoke_runs
     import imageio.v2 as imageio
     url = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
     cache = tmp_path / 'dnnlib-cache'
-    cache_stand_in(cache, url, lambda path: run(tree, ['-c', STAND_IN_DETECTOR, str(path)]))
+    (tmp_path / 'stand_in.py').write_text(STAND_IN_DETECTOR) # persistence pickles the defining file's source.
+    cache_stand_in(cache, url, lambda path: run(tree, [str(tmp_path / 'stand_in.py'), str(path)]))
     output = run(tree, ['-c', TOOLS, str(last_snapshot(smoke_runs['adam'])), str(dataset), str(tmp_path)], env={'DNNLIB_CACHE_DIR': str(cache)})
     assert sorted(p.name for p in (tmp_path / 'images').iterdir()) == ['seed0000.png', 'seed0001.png']
     frames = imageio.mimread(tmp_path / 'lerp.mp4')
