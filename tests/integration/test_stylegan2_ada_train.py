@@ -231,6 +231,8 @@ def test_seed_tool_commands_with_local_files(tree, datasets, smoke_runs, tmp_pat
     paths = dict(network=last_snapshot(smoke_runs['sgd-value']), conditional=last_snapshot(smoke_runs['adam']),
                  target=sorted(datasets['png'].iterdir())[0])
     argv = [[command.split()[1].removesuffix('.py'), *seed_args(command, **paths)[1:]] for command in SEED_TOOL_COMMANDS]
+    [projector] = [args for args in argv if args[0] == 'projector']
+    projector.append('--num-steps=20') # Verbatim but for the length: the default 1000 steps take minutes on a CPU.
     argv.append(['calc_metrics', '--metrics=fid64', f'--network={paths["network"]}', f'--data={datasets["data"]}'])
     output = run(tree, ['-c', TOOLS, json.dumps(argv)], cwd=tmp_path, env={'DNNLIB_CACHE_DIR': str(cache)})
     out = {path.name for path in (tmp_path / 'out').iterdir()}
