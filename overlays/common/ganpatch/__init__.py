@@ -6,4 +6,5 @@ Submodules (import the one you need; `import ganpatch` itself imports nothing he
   bmc        Brownian Motion Controller loss terms and sampler
   gradnoise  heavy-tailed gradient-noise measurements and statistics (plots: gradnoise_plot)
   dirac      Dirac-GAN study of BMC (`python -m ganpatch.dirac --figure/--table`)
+  stylegan   what the two StyleGAN trees share: train.py options, phase-loop helpers, launching, gradient noise
 """
