@@ -22,6 +22,7 @@ its ratio to the baseline measured in the same invocation. Prints numbers only: 
 import argparse
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -91,8 +92,8 @@ def sec_per_kimg(tree, data, outdir, options):
     outdir.mkdir()
     proc = subprocess.run([sys.executable, 'train.py', f'--outdir={outdir}', f'--data={data}', *options],
                           cwd=tree, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None, (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    if proc.returncode != 0: # The last line that is not one of torch's W/I log lines.
+        return None, [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not re.match(r'[WI]\d{4} ', line)][-1]
     [run_dir] = [p for p in outdir.iterdir() if p.is_dir()]
     ticks = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
     values = [t['Timing/sec_per_kimg']['mean'] for t in ticks[1:]]
