@@ -39,6 +39,7 @@ FINITE_FLOAT = FiniteFloatRange()
 NONNEGATIVE_FLOAT = FiniteFloatRange(min=0)
 POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 KIMG = POSITIVE_FLOAT # Durations in thousands of images; fractions allowed (smoke runs).
+OPTIMIZER_CHOICES = getattr(ganpatch.optim, 'OPTIMIZER_CHOICES', ganpatch.optim.OPTIMIZERS) # With aliases, where ganpatch.optim has them.
 
 
 class GridSize(click.ParamType):
@@ -87,7 +88,7 @@ learning_rate_options = _options( # Per-network learning rates; stylegan3's trai
 )
 
 optimizer_options = _options(
-    click.option('--optimizer', help='Optimizer for G and D',                                   type=click.Choice(list(ganpatch.optim.OPTIMIZERS)), default='adam', show_default=True),
+    click.option('--optimizer', help='Optimizer for G and D',                                   type=click.Choice(list(OPTIMIZER_CHOICES)), default='adam', show_default=True),
     click.option('--clip-mode', help='Gradient clipping, per network',                          type=click.Choice(list(ganpatch.clip.CLIP_MODES)), default='none', show_default=True),
     click.option('--clip-gmax', help='G clipping threshold (norm or value)', metavar='FLOAT',   type=POSITIVE_FLOAT),
     click.option('--clip-dmax', help='D clipping threshold (norm or value)', metavar='FLOAT',   type=POSITIVE_FLOAT),
@@ -126,8 +127,9 @@ def resolve_device(device):
 
 
 def uses_adam_betas(optimizer):
-    """Whether the named optimizer takes Adam's betas and eps (then upstream's values are kept)."""
-    return 'adam' in optimizer
+    """Whether the named optimizer takes Adam's betas (then upstream's betas and eps, Adam's, are kept)."""
+    hyperparameters = getattr(ganpatch.optim, 'default_hyperparameters', None) # Each optimizer's keywords, where listed.
+    return 'betas' in hyperparameters(optimizer) if hyperparameters is not None else 'adam' in optimizer
 
 
 def configure_optimizers(G_opt_kwargs, D_opt_kwargs, opts):
