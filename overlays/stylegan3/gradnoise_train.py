@@ -1,53 +1,19 @@
 # Part of ganpatch (not NVIDIA code): gradient-noise diagnostics for a trained StyleGAN.
 
-"""Measure the stochastic gradient noise of a StyleGAN checkpoint, with no parameter updates.
+"""Measure the stochastic gradient noise of a network pickle of this tree, with no parameter updates.
 
-This is the histogram experiment of Gorbunov et al., "Clipped Stochastic Methods for Variational
-Inequalities with Heavy-Tailed Noise" (NeurIPS 2022, arXiv 2206.01095): at the resumed checkpoint,
-pass 1 averages the minibatch gradient of every training phase over --kimg thousand images into
-g_bar, and pass 2 records ||g_b - g_bar||_2 for fresh minibatches b. The outputs (histograms,
-norms, full gradients, noise_stats.json) are written by ganpatch.gradnoise into a numbered run
-directory under --outdir.
-
-- The networks and the augmentation pipe come from the --resume pickle itself, so architecture
-  flags cannot silently load mismatched weights; given flags that disagree with the pickle are
-  reported as warnings.
-- The phases are those the training loop runs (Gmain, Greg for --cfg=stylegan2, Dmain, Dreg when
-  --gamma > 0), each measured on its own, never pooled. Regularization phases are measured without
-  the lazy-regularization gain.
-- Every minibatch gradient is the mean over the whole --batch, whatever --batch-gpu, averaged
-  across --gpus processes, and is counted once per completed minibatch.
-- Nothing is updated: no optimizer step, no G_ema, no ADA; the mapping network's w_avg, the
-  StyleGAN3 magnitude EMAs and the loss's pl_mean stay as they are (pl_mean, which pickles do not
-  store, is first estimated as the mean path length over a few minibatches).
+The measurement, its command line and its outputs are ganpatch.stylegan.gradnoise_driver's (shared with
+the stylegan2-ada tree); this file says how this tree's loss and networks are driven without touching
+their running statistics. `python gradnoise_train.py --help` lists the options.
 """
 
-import copy
-import json
-import math
-import os
-import pickle
-import re
-import tempfile
-import warnings
-
-import click
-import numpy as np
-import torch
-
-import dnnlib
-import legacy
-import ganpatch.gradnoise
-from torch_utils import misc
-from torch_utils import training_stats
-from torch_utils.ops import conv2d_gradfix
-from torch_utils.ops import grid_sample_gradfix
+from ganpatch.stylegan import gradnoise_driver
 from training.loss import StyleGAN2Loss
 
 #----------------------------------------------------------------------------
 
 class FrozenStatisticsLoss(StyleGAN2Loss):
-    """StyleGAN2Loss that leaves every running statistic of the networks and of the loss untouched."""
+    """StyleGAN2Loss that never updates the networks' running statistics (w_avg, magnitude EMAs)."""
 
     def run_G(self, z, c, update_emas=False):
         return super().run_G(z, c, update_emas=False)
@@ -55,245 +21,34 @@ class FrozenStatisticsLoss(StyleGAN2Loss):
     def run_D(self, img, c, blur_sigma=0, update_emas=False):
         return super().run_D(img, c, blur_sigma=blur_sigma, update_emas=False)
 
-    def accumulate_gradients(self, **kwargs):
-        pl_mean = self.pl_mean.clone()
-        super().accumulate_gradients(**kwargs)
-        self.pl_mean.copy_(pl_mean)
+class StyleGAN3Tree:
+    """What gradnoise_driver needs to know about this tree."""
 
-    def estimate_pl_mean(self, minibatches):
-        """Set pl_mean to the mean path length over the given minibatches (a running mean)."""
-        pl_decay = self.pl_decay
-        self.G.requires_grad_(True)
-        for k, (real_img, real_c, gen_z, gen_c) in enumerate(minibatches):
-            self.pl_decay = 1 / (k + 1)
-            super().accumulate_gradients(phase='Greg', real_img=real_img[0], real_c=real_c[0], gen_z=gen_z[0], gen_c=gen_c[0], gain=0, cur_nimg=0)
-        self.G.requires_grad_(False).zero_grad(set_to_none=True)
-        self.pl_decay = pl_decay
+    configs = ('stylegan3-t', 'stylegan3-r', 'stylegan2')
 
-#----------------------------------------------------------------------------
+    @staticmethod
+    def configs_of(G, D):
+        if not hasattr(G.synthesis, 'input'): # Only StyleGAN3's synthesis network starts from a SynthesisInput.
+            return ['stylegan2']
+        return ['stylegan3-r' if G.init_kwargs.get('conv_kernel') == 1 else 'stylegan3-t']
 
-def pickled_cfg(G):
-    """The train.py --cfg that built this generator."""
-    if not hasattr(G.synthesis, 'input'): # Only StyleGAN3's synthesis network starts from a SynthesisInput.
-        return 'stylegan2'
-    return 'stylegan3-r' if G.init_kwargs.get('conv_kernel') == 1 else 'stylegan3-t'
+    @classmethod
+    def loss_kwargs(cls, G, D):
+        if cls.configs_of(G, D) == ['stylegan2']: # As train.py --cfg=stylegan2.
+            return dict(style_mixing_prob=0.9, pl_weight=2, pl_no_weight_grad=True)
+        return dict(pl_weight=0)
 
-def architecture_mismatches(opts, explicit, G, D):
-    """Describe every explicitly given architecture flag that disagrees with the pickled networks."""
-    found = {
-        'cfg':         pickled_cfg(G),
-        'cbase':       D.init_kwargs.channel_base,
-        'cmax':        D.init_kwargs.channel_max,
-        'map_depth':   G.init_kwargs.mapping_kwargs.num_layers,
-        'mbstd_group': D.init_kwargs.epilogue_kwargs.mbstd_group_size,
-    }
-    return [f'--{name.replace("_", "-")}={opts[name]} disagrees with the pickle ({value}); using the pickle'
-            for name, value in found.items() if name in explicit and opts[name] != value]
+    @staticmethod
+    def make_loss(device, G, D, augment_pipe, **loss_kwargs):
+        return FrozenStatisticsLoss(device=device, G=G, D=D, augment_pipe=augment_pipe, **loss_kwargs)
 
-def next_run_dir(outdir, desc):
-    """A new numbered run directory, named like train.py's."""
-    prev_run_ids = [re.match(r'^\d+', x) for x in (os.listdir(outdir) if os.path.isdir(outdir) else [])]
-    cur_run_id = max([int(x.group()) for x in prev_run_ids if x is not None], default=-1) + 1
-    return os.path.join(outdir, f'{cur_run_id:05d}-{desc}')
+    @staticmethod
+    def accumulate(loss, phase, real_img, real_c, gen_z, gen_c, gain):
+        loss.accumulate_gradients(phase=phase, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c, gain=gain, cur_nimg=0)
 
 #----------------------------------------------------------------------------
 
-def measure(rank, c, temp_dir):
-    """Run both passes in one process (one per GPU); rank 0 writes the results."""
-    if c.num_gpus > 1:
-        backend = 'nccl' if c.device_type == 'cuda' else 'gloo'
-        torch.distributed.init_process_group(backend=backend, init_method=f'file://{os.path.join(temp_dir, ".torch_distributed_init")}', rank=rank, world_size=c.num_gpus)
-    device = torch.device('cuda', rank) if c.device_type == 'cuda' else torch.device('cpu')
-    training_stats.init_multiprocessing(rank=rank, sync_device=device if c.num_gpus > 1 else None)
-    np.random.seed(c.random_seed * c.num_gpus + rank)
-    torch.manual_seed(c.random_seed * c.num_gpus + rank)
-    conv2d_gradfix.enabled = True
-    grid_sample_gradfix.enabled = True
-    log = print if rank == 0 else (lambda *args, **kwargs: None)
-
-    # Networks, straight from the pickle.
-    with dnnlib.util.open_url(c.resume_pkl) as f:
-        resume_data = legacy.load_network_pkl(f)
-    G = copy.deepcopy(resume_data['G']).train().requires_grad_(False).to(device)
-    D = copy.deepcopy(resume_data['D']).train().requires_grad_(False).to(device)
-    augment_pipe = resume_data.get('augment_pipe')
-    if augment_pipe is not None:
-        augment_pipe = copy.deepcopy(augment_pipe).train().requires_grad_(False).to(device)
-
-    # Data.
-    training_set = dnnlib.util.construct_class_by_name(**c.training_set_kwargs)
-    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=c.num_gpus, seed=c.random_seed)
-    iterator = iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler, batch_size=c.batch_size // c.num_gpus, **c.data_loader_kwargs))
-
-    def next_minibatch():
-        real_img, real_c = next(iterator)
-        real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(c.batch_gpu)
-        real_c = real_c.to(device).split(c.batch_gpu)
-        gen_z = torch.randn([c.batch_size // c.num_gpus, G.z_dim], device=device).split(c.batch_gpu)
-        gen_c = [training_set.get_label(np.random.randint(len(training_set))) for _ in range(c.batch_size // c.num_gpus)]
-        gen_c = torch.from_numpy(np.stack(gen_c)).to(device).split(c.batch_gpu)
-        return real_img, real_c, gen_z, gen_c
-
-    def all_reduce(flat):
-        torch.distributed.all_reduce(flat)
-        flat /= c.num_gpus
-
-    loss = FrozenStatisticsLoss(device=device, G=G, D=D, augment_pipe=augment_pipe, **c.loss_kwargs)
-    phase_modules = {'Gmain': G, 'Greg': G, 'Dmain': D, 'Dreg': D} # The training loop's phases, kept apart.
-    if loss.pl_weight == 0:
-        del phase_modules['Greg']
-    if loss.r1_gamma == 0:
-        del phase_modules['Dreg']
-    if 'Greg' in phase_modules:
-        log(f'Estimating pl_mean over {c.pl_mean_batches} minibatches...')
-        loss.estimate_pl_mean(next_minibatch() for _ in range(c.pl_mean_batches))
-        if c.num_gpus > 1:
-            all_reduce(loss.pl_mean) # Same penalty on every rank.
-
-    def compute_gradient(phase):
-        module = phase_modules[phase]
-        module.requires_grad_(True)
-        real_img, real_c, gen_z, gen_c = next_minibatch()
-        for chunk_img, chunk_c, chunk_z, chunk_gen_c in zip(real_img, real_c, gen_z, gen_c):
-            loss.accumulate_gradients(phase=phase, real_img=chunk_img, real_c=chunk_c, gen_z=chunk_z, gen_c=chunk_gen_c,
-                gain=1 / len(real_img), cur_nimg=0) # Mean over the whole minibatch, whatever --batch-gpu.
-        module.requires_grad_(False)
-
-    meter = ganpatch.gradnoise.GradientNoiseMeter({phase: list(module.parameters()) for phase, module in phase_modules.items()},
-        all_reduce=all_reduce if c.num_gpus > 1 else None)
-    if c.mode == 'stochastic':
-        meter.load_full(c.full_grad_dir)
-    ganpatch.gradnoise.measure_gradient_noise(meter, compute_gradient, c.num_batches, mode=c.mode, log=log)
-    if rank == 0:
-        stats = meter.save(c.run_dir)
-        if stats:
-            print(json.dumps(stats, indent=2))
-        print(f'Results in {c.run_dir}')
-
-#----------------------------------------------------------------------------
-
-@click.command()
-
-# Required, as for train.py.
-@click.option('--outdir',       help='Where to save the results', metavar='DIR',                required=True)
-@click.option('--cfg',          help='Base configuration (checked against the pickle)',         type=click.Choice(['stylegan3-t', 'stylegan3-r', 'stylegan2']), required=True)
-@click.option('--data',         help='Training data', metavar='[ZIP|DIR]',                      type=str, required=True)
-@click.option('--gpus',         help='Number of GPUs (or CPU processes) to use', metavar='INT', type=click.IntRange(min=1), required=True)
-@click.option('--batch',        help='Total batch size', metavar='INT',                         type=click.IntRange(min=1), required=True)
-@click.option('--gamma',        help='R1 regularization weight', metavar='FLOAT',               type=click.FloatRange(min=0), required=True)
-@click.option('--resume',       help='Network pickle to measure', metavar='[PATH|URL]',         type=str, required=True)
-
-# Measurement.
-@click.option('--mode',         help='Pass 1 (full), pass 2 (stochastic) or both',              type=click.Choice(['full', 'stochastic', 'both']), default='both', show_default=True)
-@click.option('--full-grad',    help='Run dir of a --mode=full run, for --mode=stochastic', metavar='DIR', type=str)
-@click.option('--kimg',         help='Images per pass, in thousands', metavar='KIMG',           type=click.FloatRange(min=0, min_open=True), default=1000, show_default=True)
-@click.option('--batch-gpu',    help='Limit batch size per GPU', metavar='INT',                 type=click.IntRange(min=1))
-@click.option('--pl-mean-batches', help='Minibatches to estimate pl_mean from', metavar='INT',   type=click.IntRange(min=1), default=16, show_default=True)
-
-# Architecture flags of train.py: only compared with the pickle.
-@click.option('--cbase',        help='Capacity multiplier (checked)', metavar='INT',            type=click.IntRange(min=1), default=32768, show_default=True)
-@click.option('--cmax',         help='Max. feature maps (checked)', metavar='INT',              type=click.IntRange(min=1), default=512, show_default=True)
-@click.option('--map-depth',    help='Mapping network depth (checked)', metavar='INT',          type=click.IntRange(min=1))
-@click.option('--mbstd-group',  help='Minibatch std group size (checked)', metavar='INT',       type=click.IntRange(min=1), default=4, show_default=True)
-
-# Misc.
-@click.option('--cond',         help='Use dataset labels', metavar='BOOL',                      type=bool, default=False, show_default=True)
-@click.option('--mirror',       help='Enable dataset x-flips', metavar='BOOL',                  type=bool, default=False, show_default=True)
-@click.option('--metrics',      help='Accepted for train.py compatibility; must be none',       type=str, default='none', show_default=True)
-@click.option('--desc',         help='String to include in result dir name', metavar='STR',     type=str)
-@click.option('--seed',         help='Random seed', metavar='INT',                              type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--workers',      help='DataLoader worker processes', metavar='INT',              type=click.IntRange(min=1), default=3, show_default=True)
-@click.option('--device',       help='Measure on GPUs or on the CPU  [default: cuda if available]', type=click.Choice(['cuda', 'cpu']))
-@click.option('-n','--dry-run', help='Check the options and the pickle, print them and exit',   is_flag=True)
-
-def main(**kwargs):
-    """Measure the gradient noise of a StyleGAN checkpoint (no parameter updates).
-
-    Examples:
-
-    \b
-    # Both passes over 1000 kimg each, at a snapshot of the clipped-SGD run.
-    python gradnoise_train.py --outdir=./eval_runs --cfg=stylegan2 --data=~/datasets/ffhq-128x128.zip \\
-        --gpus=1 --batch=32 --gamma=0.1024 --cbase=16384 --kimg=1000 --mode=both --metrics=none \\
-        --desc=eval --resume=./logs/00000-stylegan2-ffhq-128x128-gpus1-batch32-gamma0.1024-best_pt1/network-snapshot-006000.pkl
-    """
-    opts = dnnlib.EasyDict(kwargs)
-    explicit = {name for name in opts if click.get_current_context().get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    c = dnnlib.EasyDict(num_gpus=opts.gpus, batch_size=opts.batch, batch_gpu=opts.batch_gpu or opts.batch // opts.gpus,
-        mode=opts.mode, full_grad_dir=opts.full_grad, resume_pkl=opts.resume, random_seed=opts.seed, pl_mean_batches=opts.pl_mean_batches)
-    c.device_type = opts.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    c.num_batches = math.ceil(opts.kimg * 1000 / opts.batch)
-    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=(c.device_type == 'cuda'), prefetch_factor=2, num_workers=opts.workers)
-
-    # Sanity checks, before any work.
-    if c.batch_size % c.num_gpus != 0:
-        raise click.ClickException('--batch must be a multiple of --gpus')
-    if c.batch_size % (c.num_gpus * c.batch_gpu) != 0:
-        raise click.ClickException('--batch must be a multiple of --gpus times --batch-gpu')
-    if opts.metrics.lower() not in ['none', '']:
-        raise click.ClickException('--metrics must be none: gradnoise_train.py computes no quality metrics')
-    if (opts.mode == 'stochastic') != (opts.full_grad is not None):
-        raise click.ClickException('--full-grad DIR (a --mode=full run) is required with --mode=stochastic, and only then')
-    if c.device_type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda requires a CUDA-capable GPU; use --device=cpu')
-    if opts.full_grad is not None and not os.path.isdir(opts.full_grad):
-        raise click.ClickException(f'--full-grad: no such directory: {opts.full_grad}')
-
-    # Networks: the pickle decides the architecture.
-    print(f'Loading networks from "{opts.resume}"...')
-    try:
-        with dnnlib.util.open_url(opts.resume) as f:
-            resume_data = legacy.load_network_pkl(f)
-    except (IOError, pickle.UnpicklingError) as err:
-        raise click.ClickException(f'--resume: {err}')
-    G, D = resume_data['G'], resume_data['D']
-    for message in architecture_mismatches(opts, explicit, G, D):
-        warnings.warn(message)
-    if c.batch_gpu < D.init_kwargs.epilogue_kwargs.mbstd_group_size:
-        raise click.ClickException(f'--batch-gpu ({c.batch_gpu}) cannot be smaller than the pickle\'s minibatch std group ({D.init_kwargs.epilogue_kwargs.mbstd_group_size})')
-
-    # Dataset, checked against the networks.
-    c.training_set_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data, use_labels=opts.cond, max_size=None, xflip=opts.mirror, random_seed=opts.seed)
-    try:
-        training_set = dnnlib.util.construct_class_by_name(**c.training_set_kwargs)
-    except IOError as err:
-        raise click.ClickException(f'--data: {err}')
-    if (training_set.resolution, training_set.num_channels, training_set.label_dim if opts.cond else 0) != (G.img_resolution, G.img_channels, G.c_dim):
-        raise click.ClickException(f'--data: {training_set.resolution}x{training_set.resolution}x{training_set.num_channels} images with '
-            f'{training_set.label_dim if opts.cond else 0} labels do not fit the pickle\'s G ({G.img_resolution}x{G.img_resolution}x{G.img_channels}, c_dim {G.c_dim})')
-    c.training_set_kwargs.max_size = len(training_set)
-    c.training_set_kwargs.resolution = training_set.resolution
-
-    # Loss, as train.py configures it for the pickle's cfg when resuming (no blur ramp-up).
-    c.loss_kwargs = dnnlib.EasyDict(r1_gamma=opts.gamma)
-    if pickled_cfg(G) == 'stylegan2':
-        c.loss_kwargs.update(style_mixing_prob=0.9, pl_weight=2, pl_no_weight_grad=True)
-    del training_set, resume_data, G, D
-
-    c.run_dir = next_run_dir(opts.outdir, 'gradnoise' + (f'-{opts.desc}' if opts.desc else ''))
-    print()
-    print('Measurement options:')
-    print(json.dumps(c, indent=2))
-    print()
-    print(f'Output directory:    {c.run_dir}')
-    print(f'Phases:              {", ".join(["Gmain"] + (["Greg"] if c.loss_kwargs.get("pl_weight", 0) > 0 else []) + ["Dmain"] + (["Dreg"] if opts.gamma > 0 else []))}')
-    print(f'Passes:              {c.mode}, {c.num_batches} minibatches of {c.batch_size} images each')
-    print()
-    if opts.dry_run:
-        print('Dry run; exiting.')
-        return
-    os.makedirs(c.run_dir)
-    with open(os.path.join(c.run_dir, 'options.json'), 'wt') as f:
-        json.dump(c, f, indent=2)
-
-    torch.multiprocessing.set_start_method('spawn')
-    with tempfile.TemporaryDirectory() as temp_dir:
-        if c.num_gpus == 1:
-            measure(rank=0, c=c, temp_dir=temp_dir)
-        else:
-            torch.multiprocessing.spawn(fn=measure, args=(c, temp_dir), nprocs=c.num_gpus)
-
-#----------------------------------------------------------------------------
+main = gradnoise_driver.command(StyleGAN3Tree())
 
 if __name__ == "__main__":
     main() # pylint: disable=no-value-for-parameter

@@ -1,10 +1,9 @@
 """BMC on D in the patched StyleGAN2Loss: the Dmain gradient is the exact gradient of paper eq. 18's
 objective, cross term included, although upstream splits Dmain into two backward passes."""
 
-import subprocess
-import sys
-
 import pytest
+
+from stylegan_support import run
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +51,5 @@ print('MATCH', close, 'CROSS_TERM_MATTERS', differs > 1e-6)
 
 
 def test_bmc_on_D_gives_the_exact_eq18_gradient(patched_tree):
-    tree = patched_tree('stylegan3')
-    proc = subprocess.run([sys.executable, '-c', COMPARE_GRADIENTS], cwd=tree, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert 'MATCH True CROSS_TERM_MATTERS True' in proc.stdout, proc.stdout + proc.stderr
+    output = run(patched_tree('stylegan3'), ['-c', COMPARE_GRADIENTS])
+    assert 'MATCH True CROSS_TERM_MATTERS True' in output, output

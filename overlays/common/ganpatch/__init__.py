@@ -15,4 +15,5 @@ Submodules (import the one you need; `import ganpatch` itself imports nothing he
              drift_study: the toy studies, `python -m ganpatch.drift_study --figure`)
   distributed  torchrun / SLURM launch detection and process-group helpers
   fake_data  tiny generated datasets for smoke runs and tests (`python -m ganpatch.fake_data`)
+  stylegan   what the two StyleGAN trees share: train.py options, phase-loop helpers, launching, gradient noise
 """

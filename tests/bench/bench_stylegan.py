@@ -1,24 +1,28 @@
-"""Training speed of the patched stylegan3 tree, as ratios to the same tree before the method patches.
+"""Training speed of a patched StyleGAN tree (stylegan3 or stylegan2-ada), as ratios to the same tree before
+the method patches.
 
-Usage: python tests/bench/bench_stylegan3.py [--tree build/stylegan3] [--device cpu|cuda] [--kimg K]
+Usage: python tests/bench/bench_stylegan.py [--target stylegan3|stylegan2-ada] [--tree build/<target>]
+                                            [--device cpu|cuda] [--kimg K]
 
 Trains one config per variant on a synthetic dataset, reads sec/kimg of the ticks after tick 0 (which
 includes start-up and, on CUDA, the custom-op builds) from stats.jsonl, and prints each variant with
 its ratio to the baseline measured in the same invocation. Prints numbers only: no thresholds.
 
 - baseline: the tree at the commit before the "Optimizers and clipping" patch, i.e. upstream plus only
-  the fixes it needs to run today (compat, CUDA-op loading, CPU/gloo, smoke-run options). Its default
-  run is bit-identical to the patched tree's (tests/integration/test_stylegan3_train.py), so
-  "patched adam / baseline" is the cost of our patches on upstream's own path.
+  the fixes it needs to run today (compat, CUDA-op loading, CPU/gloo, smoke-run options), with the
+  ganpatch package those use. Its default run is bit-identical to the patched tree's
+  (tests/integration/test_stylegan*_train.py), so "patched adam / baseline" is the cost of our patches
+  on upstream's own path.
 - the pristine upstream (tag `upstream`) is tried too; it cannot run on today's stack, and the line
   says why.
-- configs: CPU, the survey's stylegan2 at 32x32 (cbase 512, cmax 32, batch 8); CUDA, the seed
-  commands' stylegan2 (batch 32, gamma 0.1024, map-depth 2, cbase 16384) at 128x128.
+- configs: CPU, a stylegan2 generator at 32x32 (cbase 512, cmax 32, batch 8); CUDA, the clipped-methods
+  seed commands' width (batch 32, map-depth 2, cbase 16384) at 128x128.
 """
 
 import argparse
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,17 +30,30 @@ import tempfile
 import numpy as np
 import PIL.Image
 
-DEVICE_CONFIGS = {  # device -> (resolution, default --kimg, train.py options both trees know)
-    'cpu': (32, 0.08, '--cfg=stylegan2 --gpus=1 --batch=8 --gamma=1 --cbase=512 --cmax=32 --map-depth=2 '
-                      '--mbstd-group=2 --snap=1000 --metrics=none --workers=1 --device=cpu'),
-    'cuda': (128, 4.0, '--cfg=stylegan2 --gpus=1 --batch=32 --gamma=0.1024 --cbase=16384 --map-depth=2 '
-                       '--snap=1000 --metrics=none --workers=2 --device=cuda'),
+TARGETS = {  # target -> device -> (resolution, default --kimg, train.py options both trees of the target know)
+    'stylegan3': {
+        'cpu': (32, 0.08, '--cfg=stylegan2 --gpus=1 --batch=8 --gamma=1 --cbase=512 --cmax=32 --map-depth=2 '
+                          '--mbstd-group=2 --snap=1000 --metrics=none --workers=1 --device=cpu'),
+        'cuda': (128, 4.0, '--cfg=stylegan2 --gpus=1 --batch=32 --gamma=0.1024 --cbase=16384 --map-depth=2 '
+                           '--snap=1000 --metrics=none --workers=2 --device=cuda'),
+    },
+    'stylegan2-ada': {
+        'cpu': (32, 0.08, '--gpus=1 --batch=8 --gamma=1 --cbase=512 --cmax=32 --map-depth=2 '
+                          '--snap=1000 --metrics=none --workers=1 --device=cpu'),
+        'cuda': (128, 4.0, '--gpus=1 --batch=32 --gamma=0.1024 --cbase=16384 --map-depth=2 '
+                           '--snap=1000 --metrics=none --workers=2 --device=cuda'),
+    },
+}
+UPSTREAM_OPTIONS = {  # the options pristine upstream knows (integer kimg, no width or device options)
+    'stylegan3': '--cfg=stylegan2 --gpus=1 --batch=8 --gamma=1 --cbase=512 --cmax=32 --map-depth=2 --mbstd-group=2 --snap=1000 --metrics=none --workers=1',
+    'stylegan2-ada': '--gpus=1 --batch=8 --gamma=1 --snap=1000 --metrics=none --workers=1',
 }
 SMALL_GRID = ['--grid=4x2'] # Keeps the tick-0 snapshot grid out of the way; not a timed tick.
 VARIANTS = {
     'adam': [],
     'sgd+value clip': '--optimizer=sgd --glr=0.01 --dlr=0.01 --clip-mode=value --clip-gmax=0.01 --clip-dmax=0.01'.split(),
     'extrasgd+norm clip (SEG)': '--optimizer=extrasgd --glr=0.01 --dlr=0.01 --clip-mode=norm --clip-gmax=1 --clip-dmax=1'.split(),
+    'adam + BMC on G': ['--bmc=G'],
     'adam + BMC on D': ['--bmc=D'],
 }
 METHOD_PATCH_SUBJECT = 'Optimizers and clipping'
@@ -59,13 +76,15 @@ def export_commit(tree, commit, dest):
     return dest
 
 
-def baseline_commit(tree):
-    """The commit before the first method patch (the compat-only tree)."""
+def baseline_tree(tree, dest):
+    """The tree at the commit before the first method patch (the compat-only tree), with the ganpatch package."""
     found = subprocess.run(['git', '-C', str(tree), 'log', '--format=%H', f'--grep=^{METHOD_PATCH_SUBJECT}', 'upstream..HEAD'],
                            capture_output=True, text=True, check=True).stdout.split()
     if len(found) != 1:
-        sys.exit(f'{tree}: no single patch commit titled "{METHOD_PATCH_SUBJECT}..."; is it a ganpatch stylegan3 tree?')
-    return f'{found[0]}~1'
+        sys.exit(f'{tree}: no single patch commit titled "{METHOD_PATCH_SUBJECT}..."; is it a ganpatch StyleGAN tree?')
+    export_commit(tree, f'{found[0]}~1', dest)
+    subprocess.run(f'git -C {tree} archive HEAD ganpatch | tar -x -C {dest}', shell=True, check=True)
+    return dest
 
 
 def sec_per_kimg(tree, data, outdir, options):
@@ -73,8 +92,8 @@ def sec_per_kimg(tree, data, outdir, options):
     outdir.mkdir()
     proc = subprocess.run([sys.executable, 'train.py', f'--outdir={outdir}', f'--data={data}', *options],
                           cwd=tree, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None, (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    if proc.returncode != 0: # The last line that is not one of torch's W/I log lines.
+        return None, [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not re.match(r'[WI]\d{4} ', line)][-1]
     [run_dir] = [p for p in outdir.iterdir() if p.is_dir()]
     ticks = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
     values = [t['Timing/sec_per_kimg']['mean'] for t in ticks[1:]]
@@ -85,26 +104,26 @@ def sec_per_kimg(tree, data, outdir, options):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--tree', type=pathlib.Path, default=pathlib.Path('build/stylegan3'))
-    parser.add_argument('--device', choices=sorted(DEVICE_CONFIGS), default='cpu')
+    parser.add_argument('--target', choices=sorted(TARGETS), default='stylegan3')
+    parser.add_argument('--tree', type=pathlib.Path, help='the patched tree (default: build/<target>)')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--kimg', type=float, help='length of each run (default: 0.08 on cpu, 4 on cuda)')
     args = parser.parse_args()
-    tree = args.tree.resolve()
-    resolution, default_kimg, config = DEVICE_CONFIGS[args.device]
+    tree = (args.tree or pathlib.Path('build') / args.target).resolve()
+    resolution, default_kimg, config = TARGETS[args.target][args.device]
     kimg = args.kimg or default_kimg
     length = [f'--kimg={kimg}', f'--tick={kimg / 4}']
-    print(f'{args.device}: {config} at {resolution}x{resolution}, {kimg} kimg per run, sec/kimg after tick 0', flush=True)
+    print(f'{args.target}, {args.device}: {config} at {resolution}x{resolution}, {kimg} kimg per run, sec/kimg after tick 0', flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         data = make_dataset(tree, tmp, resolution)
 
         upstream = export_commit(tree, 'upstream', tmp / 'upstream')
-        upstream_options = [*config.replace(f' --device={args.device}', '').split(), '--kimg=1', '--tick=1'] # Integers only.
+        upstream_options = [*UPSTREAM_OPTIONS[args.target].split(), '--kimg=1'] # Integers only.
         speed, error = sec_per_kimg(upstream, data, tmp / 'out-upstream', upstream_options)
         print(f'{"pristine upstream":28s} ' + (f'{speed:8.2f} sec/kimg' if speed else f'cannot run: {error}'), flush=True)
 
-        baseline_tree = export_commit(tree, baseline_commit(tree), tmp / 'baseline')
-        baseline, error = sec_per_kimg(baseline_tree, data, tmp / 'out-baseline', [*config.split(), *length, *SMALL_GRID])
+        baseline, error = sec_per_kimg(baseline_tree(tree, tmp / 'baseline'), data, tmp / 'out-baseline', [*config.split(), *length, *SMALL_GRID])
         if baseline is None:
             sys.exit(f'baseline (before the method patches) failed: {error}')
         print(f'{"baseline (compat only)":28s} {baseline:8.2f} sec/kimg', flush=True)
