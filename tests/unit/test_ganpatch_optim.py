@@ -10,7 +10,7 @@ import torch
 
 from ganpatch.optim import (ALIASES, OPTIMIZER_CHOICES, OPTIMIZERS, ACClip, ClippedAdam, ClippedSGD, ExtraAdam, ExtraSGD, NormalizedSGD,
                             OptimisticAdam, build_optimizer, canonical_name, default_hyperparameters, describe_choices,
-                            is_extragradient)
+                            is_extragradient, takes_adam_hyperparameters)
 
 A = torch.tensor([3.0, 4.0]) # Tiny quadratic f(x) = 1/2 sum(A x^2), gradient A x; at x = (1, 1): g = (3, 4), |g| = 5.
 
@@ -89,6 +89,13 @@ def test_default_hyperparameters_are_the_constructor_defaults_and_the_variants()
     opt = build_optimizer('nomom_paper_acclip', [quadratic_param()], lr=0.1, alpha=1.5)
     assert {key: opt.param_groups[0][key] for key in ['betas', 'eps', 'weight_decay', 'alpha', 'second_moment']} == \
         dict(betas=(0.0, 0.99), eps=1e-5, weight_decay=1e-5, alpha=1.5, second_moment=False)
+
+
+def test_upstream_adam_settings_reach_the_adam_family_only():
+    family = {name for name in OPTIMIZER_CHOICES if takes_adam_hyperparameters(name)}
+    assert family == {'adam', 'extraadam', 'extra_adam', 'optimistic_adam'}
+    with pytest.raises(ValueError, match='Unknown optimizer'):
+        takes_adam_hyperparameters('rmsprop')
 
 
 def test_factory_passes_hyperparameters_through():

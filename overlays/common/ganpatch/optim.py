@@ -378,6 +378,14 @@ def default_hyperparameters(name):
             if param.kind is param.POSITIONAL_OR_KEYWORD and param.name != 'lr'}
 
 
+def takes_adam_hyperparameters(name):
+    """Whether an upstream's Adam betas and eps (its command-line or config values) reach optimizer `name`: the Adam
+    family (adam, extraadam, optimistic_adam). The SGD family takes no betas, and each ACClip variant fixes its own
+    betas and eps by name (nomom_*: beta1 = 0), so a target's Adam settings must not overwrite them."""
+    name = canonical_name(name)
+    return 'betas' in default_hyperparameters(name) and name not in ACCLIP_VARIANTS
+
+
 def build_optimizer(name, params, *, lr, clip_mode='none', clip_threshold=None, clip_norm_type=2.0, clip_norm_eps=0.0,
                     **hyperparameters):
     """One network's optimizer by name: one of `OPTIMIZERS` or `ALIASES`.
