@@ -15,7 +15,6 @@ defining its own flags, calls
 calling script defines (upstream's and its own) and skips those it does not.
 """
 
-import contextlib
 import math
 import os
 import re
@@ -24,15 +23,16 @@ import urllib.error
 import torch
 import torch.nn.functional as F
 from absl import flags
-from torch.nn.utils.spectral_norm import SpectralNorm
 from torchvision import datasets
 
 import ganpatch.acclip
+import ganpatch.buffers
 import ganpatch.clip
 import ganpatch.drift
-import ganpatch.gradnoise
+import ganpatch.gradnoise_networks
 import ganpatch.optim
 import ganpatch.runge_kutta
+import ganpatch.seg
 
 FLAGS = flags.FLAGS
 
@@ -369,47 +369,24 @@ def build_optimizers(net_G, net_D):
 
 
 def optimizer_step(optimizer, compute_losses):
-    """One update of the network that `optimizer` trains; returns the losses of the update, detached (they
-    are for logging: formatting a tensor that requires grad warns on torch 2.x).
+    """One update of the network that `optimizer` trains (ganpatch.seg.optimizer_step: one step, or a complete
+    clipped-SEG step for extragradient optimizers); returns the losses of the update, detached (they are for
+    logging: formatting a tensor that requires grad warns on torch 2.x).
 
-    `compute_losses()` draws a FRESH minibatch on every call and returns a tuple whose first entry is
-    the loss to minimize (the others are for logging). See `joint_step` for the extragradient step.
+    `compute_losses()` draws a FRESH minibatch on every call and returns a tuple whose first entry is the loss
+    to minimize (the others are for logging): upstream's losses, which this adapts to ganpatch.seg.
+
+    SEG's pass at the extrapolated point keeps its buffer updates (no `modules` to restore, unlike BigGAN-PyTorch,
+    whose G_ema copies G's buffers and whose logs report the spectral-norm singular values). Here they are G's
+    BatchNorm running statistics, which upstream's train-mode sample sheets update as well and only eval-mode
+    generation (--generate, IS/FID) reads, and the power-iteration vectors of sngan.py's D, a running estimate
+    that every forward refines. Restoring them would fix nothing and change the numbers of every SEG run.
     """
     def backward():
         losses = compute_losses()
         losses[0].backward()
         return losses
-    return tuple(loss.detach() for loss in joint_step([optimizer], backward))
-
-
-def joint_step(optimizers, backward):
-    """One update of the networks that `optimizers` train, all from gradients taken at the same point.
-
-    `backward()` draws FRESH minibatches on every call, adds the gradients to `.grad` and returns the losses,
-    which are returned as they are.
-
-    For extragradient optimizers this is one complete clipped-SEG step (Gorbunov et al., NeurIPS 2022,
-    arXiv 2206.01095, clipped-SEG): extrapolate x~ = x - lr*clip(g(x; xi1)) on one minibatch, then update
-    x <- x - lr*clip(g(x~; xi2)) on another, every network at once (with two networks: both extrapolate from
-    the same point, then both update from their gradients at the extrapolated point). The step completes
-    before the caller moves any other network, so no network is ever trained against an extrapolated point,
-    and checkpoints and samples always see real iterates. Every other optimizer takes one step on one call.
-    """
-    extragradient = {ganpatch.optim.is_extragradient(optimizer) for optimizer in optimizers}
-    if extragradient == {True, False}:
-        raise ValueError('joint_step needs all optimizers extragradient, or none')
-    if extragradient == {True}:
-        for optimizer in optimizers:
-            optimizer.zero_grad()
-        backward()
-        for optimizer in optimizers:
-            optimizer.extrapolate()
-    for optimizer in optimizers:
-        optimizer.zero_grad()
-    losses = backward()
-    for optimizer in optimizers:
-        optimizer.step()
-    return losses
+    return tuple(loss.detach() for loss in ganpatch.seg.optimizer_step(optimizer, backward))
 
 
 # Discretization drift (sngan.py: --update, --loss=zero-sum, --dd, --integrator).
@@ -447,37 +424,6 @@ def _drift_coefficients(dd, lam, lr_D, lr_G, update, n_dis, convention):
                                               disc_steps=n_dis, gen_steps=1, convention=convention)
 
 
-def _spectral_norm_layers(module):
-    """(layer, hook) for every layer of `module` that torch.nn.utils.spectral_norm normalizes."""
-    return [(layer, hook) for layer in module.modules() for hook in layer._forward_pre_hooks.values()
-            if isinstance(hook, SpectralNorm)]
-
-
-@contextlib.contextmanager
-def held_power_iteration(module):
-    """Inside the block, forwards of `module` do not advance spectral norm's power iteration: the weights are
-    normalized with the stored u and v, which stay as they are. torch.nn.utils.spectral_norm iterates in train
-    mode only, so the normalized layers (convolutions and linear layers, for which the mode changes nothing
-    else) are put in eval mode; the rest of the module keeps its mode."""
-    layers = [layer for layer, _ in _spectral_norm_layers(module)]
-    modes = [layer.training for layer in layers]
-    for layer in layers:
-        layer.training = False
-    try:
-        yield
-    finally:
-        for layer, mode in zip(layers, modes):
-            layer.training = mode
-
-
-@torch.no_grad()
-def advance_power_iteration(module):
-    """One step of spectral norm's power iteration (n_power_iterations of them) in every normalized layer of
-    `module`, in place: what a train-mode forward does before normalizing the weight."""
-    for layer, hook in _spectral_norm_layers(module):
-        hook.compute_weight(layer, do_power_iteration=True)
-
-
 class DriftLoop:
     """sngan.py's training step with discretization-drift regularizers, simultaneous updates or a Runge-Kutta
     integrator (Rosca, Wu, Dherin, Barrett, ICML 2021; ganpatch.drift, ganpatch.runge_kutta), as the flags
@@ -493,14 +439,15 @@ class DriftLoop:
     - rk2/rk4: ganpatch.runge_kutta's combined stage gradient of both players, then both optimizers step with
       their learning rates as the step sizes.
     Each player's gradient is its loss gradient plus its regularizer terms (ganpatch.drift.DriftRegularizer), and
-    its optimizer clips that total inside step(). Extragradient optimizers take complete SEG steps (`joint_step`).
+    its optimizer clips that total inside step(). Extragradient optimizers take complete SEG steps (`ganpatch.seg.joint_step`).
     The drift-scaled presets' coefficients follow the current learning rates (upstream's linear decay): they are
     recomputed before every step.
 
     Spectral normalization: the regularizer evaluates each loss several times per step, and every train-mode
     forward of torch.nn.utils.spectral_norm would advance D's power iteration. Inside a step it is held, and it
-    advances once per D update, before D's gradients: one iteration per update, as Miyato et al. (ICLR 2018)
-    prescribe and as the drift authors' code did (there, only D's own loss advanced it).
+    advances once per D update, before D's gradients (ganpatch.buffers.held_power_iteration and
+    advance_power_iteration): one iteration per update, as Miyato et al. (ICLR 2018) prescribe and as the drift
+    authors' code did (there, only D's own loss advanced it).
     """
 
     def __init__(self, net_D, net_G, optim_D, optim_G, loss_D, sample_D, loss_G, sample_G):
@@ -517,15 +464,16 @@ class DriftLoop:
         lrs = {name: optimizer.param_groups[0]['lr'] for name, optimizer in self.optimizers.items()}
         self.regularizer.coefficients = _drift_coefficients(FLAGS.dd, FLAGS.dd_lambda, lrs['disc'], lrs['gen'],
                                                             FLAGS.update, FLAGS.n_dis, FLAGS.dd_convention)
-        with held_power_iteration(self.net_D):
+        with ganpatch.buffers.held_power_iteration(self.net_D):
             if FLAGS.update == 'simultaneous':
-                advance_power_iteration(self.net_D)
-                losses = joint_step(list(self.optimizers.values()), lambda: self._simultaneous_backward(lrs))
+                ganpatch.buffers.advance_power_iteration(self.net_D)
+                losses = ganpatch.seg.joint_step(list(self.optimizers.values()),
+                                                 lambda: self._simultaneous_backward(lrs))
                 return losses['disc'], losses['gen']
             for _ in range(FLAGS.n_dis):
-                advance_power_iteration(self.net_D)
-                loss_D = joint_step([self.optimizers['disc']], lambda: self.regularizer.backward('disc'))
-            loss_G = joint_step([self.optimizers['gen']], lambda: self.regularizer.backward('gen'))
+                ganpatch.buffers.advance_power_iteration(self.net_D)
+                loss_D = ganpatch.seg.optimizer_step(self.optimizers['disc'], lambda: self.regularizer.backward('disc'))
+            loss_G = ganpatch.seg.optimizer_step(self.optimizers['gen'], lambda: self.regularizer.backward('gen'))
             return loss_D, loss_G
 
     def _simultaneous_backward(self, lrs):
@@ -606,60 +554,29 @@ def measure_gradient_noise(net_G, net_D, backward_D, backward_G):
     """--evaluate: gradient-noise histograms and statistics of G and D at the loaded checkpoint, written into a
     new run directory.
 
-    The measurement of Gorbunov et al. (NeurIPS 2022, arXiv 2206.01095), by ganpatch.gradnoise: pass 1 averages
-    each network's minibatch gradients into its full gradient, pass 2 records the norm of every fresh minibatch
-    gradient minus it. Each pass takes one minibatch per D and G step of --total_steps training steps:
+    The measurement of Gorbunov et al. (NeurIPS 2022, arXiv 2206.01095), by ganpatch.gradnoise_networks: pass 1
+    averages each network's minibatch gradients into its full gradient, pass 2 records the norm of every fresh
+    minibatch gradient minus it. Each pass takes one minibatch per D and G step of --total_steps training steps:
     --total_steps * --n_dis for D and --total_steps for G, as the authors did. `backward_D()` and `backward_G()`
-    draw fresh minibatches and back-propagate the network's training loss; G's runs with D's parameters frozen.
+    draw fresh minibatches and back-propagate the network's training loss; each runs with the other network's
+    parameters frozen, as in training.
 
-    Nothing is updated: no optimizer exists, BatchNorm layers normalize with batch statistics as in training but
-    leave their running statistics alone, and spectral norm's power iteration is held, so every buffer stays as
-    in the checkpoint and every minibatch gradient is taken of the same function.
+    Nothing is updated: no optimizer exists, BatchNorm layers normalize with batch statistics as in training and
+    get their running statistics back after every minibatch, and spectral norm's power iteration is held
+    (ganpatch.buffers.held_power_iteration), so every buffer stays as in the checkpoint and every forward, D's
+    on real images and on fakes alike, normalizes with the checkpoint's vectors: every minibatch gradient is
+    taken of the same function.
 
     Writes ganpatch.gradnoise's files (results_norm.png, results_lognorm.png, <G|D>_full_grad.pth,
     <G|D>_stoch_noise.npy, noise_stats.json) and, so that scripts written for the authors' outputs read ours,
     the same measurement under their names and formats (AUTHORS_NOISE_FILES).
     """
     run_dir = create_run_dir()
-    meter = ganpatch.gradnoise.GradientNoiseMeter({'D': list(net_D.parameters()), 'G': list(net_G.parameters())})
-
-    def compute_gradient(phase):
-        if phase == 'D':
-            backward_D()
-        else:
-            with requires_grad(net_D, False):
-                backward_G()
-
-    with frozen_batchnorm_stats(net_G, net_D), held_power_iteration(net_D):
-        ganpatch.gradnoise.measure_gradient_noise(meter, compute_gradient,
-                                                  {'D': FLAGS.total_steps * FLAGS.n_dis, 'G': FLAGS.total_steps})
+    backward = {'D': backward_D, 'G': backward_G}
+    with ganpatch.buffers.held_power_iteration(net_D):
+        meter = ganpatch.gradnoise_networks.measure_networks(
+            {'D': net_D, 'G': net_G}, lambda phase: backward[phase](),
+            {'D': FLAGS.total_steps * FLAGS.n_dis, 'G': FLAGS.total_steps})
     meter.save(run_dir)
     meter.save_authors_files(run_dir, AUTHORS_NOISE_FILES)
     print(f'Gradient-noise histograms and statistics written to {run_dir}')
-
-
-@contextlib.contextmanager
-def requires_grad(module, flag):
-    """Sets requires_grad of all parameters of `module` to `flag` inside the block, then back to True."""
-    for param in module.parameters():
-        param.requires_grad_(flag)
-    try:
-        yield
-    finally:
-        for param in module.parameters():
-            param.requires_grad_(True)
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_stats(*modules):
-    """BatchNorm layers keep normalizing with batch statistics (train mode) but stop updating their running
-    statistics and counters inside the block, so measurements leave the checkpoint's buffers untouched."""
-    layers = [layer for module in modules for layer in module.modules()
-              if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.track_running_stats]
-    for layer in layers:
-        layer.track_running_stats = False
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.track_running_stats = True

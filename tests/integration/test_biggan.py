@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+from driver_jobs import read_jobs
 from ganpatch.fake_data import write_cifar10
+from ganpatch.optim import OPTIMIZERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -253,14 +255,7 @@ def jobs(tree, work):
     runs.append(['load:legacy-numpy1', [f'{work}/legacy', 'state_dict_numpy1']])
     runs.append(['help', ['--help']])
     result = run([sys.executable, '-c', DRIVER, json.dumps(runs)], cwd=work, env={'PYTHONPATH': tree})
-    results = {}
-    for line in result.stdout.splitlines():
-        if line.startswith('JOB '):
-            job = json.loads(line[len('JOB '):])
-            results[job['name']] = job
-            print(f"{job['name']}: {job.get('cpu_s', 0):.1f} CPU s")
-    assert list(results) == [name for name, _ in runs if not name.startswith('copy:')], result.stderr[-6000:]
-    return results
+    return read_jobs(result, [name for name, _ in runs if not name.startswith('copy:')])
 
 
 def write_legacy_state_dicts(work):
@@ -469,7 +464,7 @@ def test_help_works(jobs):
     text = ' '.join(jobs['help']['stdout'].split())
     assert jobs['help']['error'] is None
     assert '%#.#f/ %#.#e' in text # The --logstyle help that made --help crash.
-    assert '--optimizer {adam,sgd,extrasgd,extraadam}' in text and '--no_toggle_grads' in text
+    assert f'--optimizer {{{",".join(OPTIMIZERS)}}}' in text and '--no_toggle_grads' in text  # Every ganpatch optimizer.
 
 
 def seed_flow(tree, root, images, train_extra, sample_extra, env=None):

@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 import torch
 
+from driver_jobs import read_jobs
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = ('--arch=cnn32 --batch_size=4 --n_dis=1 --total_steps=1 --sample_size=4 --norecord --num_workers=0 '
@@ -77,6 +79,7 @@ import importlib, json, os, sys, time
 import torch
 from absl import flags
 import ganpatch.bmc
+import ganpatch.buffers
 import ganpatch.optim
 import ganpatch_flags
 
@@ -107,7 +110,7 @@ def recorded_discriminator_term(self, *args):
 ganpatch.bmc.BrownianMotionController.discriminator_term = recorded_discriminator_term
 trace(ganpatch.optim.Extragradient, 'extrapolate', 'extrapolate')
 trace(ganpatch.optim.Extragradient, 'step', 'step')
-trace(ganpatch_flags, 'advance_power_iteration', 'power_iteration')
+trace(ganpatch.buffers, 'advance_power_iteration', 'power_iteration')
 build_optimizers = ganpatch_flags.build_optimizers
 def recorded_build_optimizers(*args):
     built = build_optimizers(*args)
@@ -146,78 +149,32 @@ for name, argv in json.loads(sys.argv[2]):
                                'cpu_s': time.process_time() - start}), flush=True)
 """
 
-# The WGAN-GP commands of the authors' README (github.com/busycalibrating/clipped-stochastic-methods), verbatim.
-SEED_TRAIN_COMMANDS = {
-    'reproduce': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
+# The WGAN-GP commands of the authors' README (github.com/busycalibrating/clipped-stochastic-methods), verbatim: their
+# common first lines, then per command --opt, --lr_D, --lr_G, the clipping (--clip_mode with one threshold for
+# --clip_G and --clip_D, or none) and --desc (`seed_train_command` writes them out line by line, as the README does).
+SEED_TRAIN_HEAD = r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
         --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
         --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
-        --logdir=./logs/wgangp \
-        --opt=sgd \
-        --lr_D=0.02 \
-        --lr_G=0.02 \
-        --clip_mode=value  \
-        --clip_G=0.01 \
-        --clip_D=0.01 \
-        --desc='reproduce'
-''',
-    'sgda': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
-        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
-        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
-        --logdir=./logs/wgangp \
-        --opt=sgd \
-        --lr_D=0.0004 \
-        --lr_G=0.0002 \
-        --desc='sgda'
-''',
-    'clipnorm-sgda': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
-        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
-        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
-        --logdir=./logs/wgangp \
-        --opt=sgd \
-        --lr_D=0.2 \
-        --lr_G=0.2 \
-        --clip_mode=norm  \
-        --clip_G=1 \
-        --clip_D=1 \
-        --desc='clipnorm-sgda'
-''',
-    'clipnorm-seg': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
-        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
-        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
-        --logdir=./logs/wgangp \
-        --opt=extrasgd \
-        --lr_D=0.2 \
-        --lr_G=0.2 \
-        --clip_mode=norm  \
-        --clip_G=1 \
-        --clip_D=1 \
-        --desc='clipnorm-seg'
-''',
-    'clipval-sgda': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
-        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
-        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
-        --logdir=./logs/wgangp \
-        --opt=sgd \
-        --lr_D=0.02 \
-        --lr_G=0.02 \
-        --clip_mode=value  \
-        --clip_G=0.01 \
-        --clip_D=0.01 \
-        --desc='clipval-sgda'
-''',
-    'clipval-seg': r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 --seed=0  --alpha=10 \
-        --fid_cache=./stats/cifar10.train.npz  --loss=was --num_images=50000 \
-        --record --sample_step=500 --sample_size=64 --total_steps=100000 --z_dim=128 \
-        --logdir=./logs/wgangp \
-        --opt=extrasgd \
-        --lr_D=0.02 \
-        --lr_G=0.02 \
-        --clip_mode=value  \
-        --clip_G=0.01 \
-        --clip_D=0.01 \
-        --desc='clipval-seg'
-''',
+        --logdir=./logs/wgangp'''
+SEED_TRAIN_OPTIONS = {  # desc -> (--opt, --lr_D, --lr_G, --clip_mode, its threshold)
+    'reproduce': ('sgd', '0.02', '0.02', 'value', '0.01'),
+    'sgda': ('sgd', '0.0004', '0.0002', None, None),
+    'clipnorm-sgda': ('sgd', '0.2', '0.2', 'norm', '1'),
+    'clipnorm-seg': ('extrasgd', '0.2', '0.2', 'norm', '1'),
+    'clipval-sgda': ('sgd', '0.02', '0.02', 'value', '0.01'),
+    'clipval-seg': ('extrasgd', '0.02', '0.02', 'value', '0.01'),
 }
+
+
+def seed_train_command(desc, opt, lr_D, lr_G, clip_mode, threshold):
+    """The README's command `desc`, line for line (with its two spaces before the backslash after --clip_mode)."""
+    lines = [SEED_TRAIN_HEAD, f'--opt={opt}', f'--lr_D={lr_D}', f'--lr_G={lr_G}']
+    if clip_mode is not None:
+        lines += [f'--clip_mode={clip_mode} ', f'--clip_G={threshold}', f'--clip_D={threshold}']
+    return ' \\\n        '.join([*lines, f"--desc='{desc}'"]) + '\n'
+
+
+SEED_TRAIN_COMMANDS = {desc: seed_train_command(desc, *options) for desc, options in SEED_TRAIN_OPTIONS.items()}
 SEED_EVALUATE_COMMAND = r'''python wgangp.py --arch=res32 --batch_size=64 --dataset=cifar10 \
         --fid_cache=./stats/cifar10.train.npz --loss=was --record --sample_step=500 \
         --sample_size=20 --total_steps=1000 --logdir=./eval_runs/wgangp \
@@ -334,6 +291,14 @@ def cli_commands(tree, work):
     commands['bad:pretrain'] = [wgangp, '--generate', f'--pretrain={work}/random.pt',
                                 f'--output={work}/cli-bad/generated']
     return commands
+
+
+def check_rejected(cases, jobs, logdir):
+    """Every job `bad:<argv>` of `cases` (argv -> message) stopped with its message, before creating `logdir`."""
+    for argv, expected in cases.items():
+        error = jobs[f'bad:{argv}']['error']
+        assert error is not None and expected in error, (argv, error)
+    assert not os.path.exists(logdir), 'a run directory was created before the error'
 
 
 def only_run_dir(logdir):
@@ -469,18 +434,6 @@ def bad_drift_cases(work):
     }
 
 
-def read_jobs(result, runs):
-    """name -> the JSON line of each job that DRIVER printed, checked to cover `runs` in order."""
-    jobs = {}
-    for line in result.stdout.splitlines():
-        if line.startswith('JOB '):
-            job = json.loads(line[len('JOB '):])
-            jobs[job['name']] = job
-            print(f"{job['name']}: {job['cpu_s']:.1f} CPU s")
-    assert result.returncode == 0 and list(jobs) == [name for name, _ in runs], result.stderr[-6000:]
-    return jobs
-
-
 @pytest.fixture(scope='module')
 def processes(tree, work):
     """Every process of the suite, started at once (one torch thread each): {'wgangp': jobs, 'sngan': jobs,
@@ -523,7 +476,7 @@ def processes(tree, work):
     for name, process in started.items():
         stdout, stderr = process.communicate()
         results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    outcome = {name: read_jobs(results[name], runs) for name, (_, runs) in drivers.items()}
+    outcome = {name: read_jobs(results[name], [job for job, _ in runs]) for name, (_, runs) in drivers.items()}
     outcome['cli'] = {name[len('cli:'):]: result for name, result in results.items() if name.startswith('cli:')}
     return outcome
 
@@ -723,10 +676,7 @@ def test_drift_loop_schedules(sngan_jobs):
 
 
 def test_bad_drift_settings_are_rejected_at_startup(work, sngan_jobs):
-    for argv, expected in bad_drift_cases(work).items():
-        error = sngan_jobs[f'bad:{argv}']['error']
-        assert error is not None and expected in error, (argv, error)
-    assert not os.path.exists(f'{work}/bad-drift'), 'a run directory was created before the error'
+    check_rejected(bad_drift_cases(work), sngan_jobs, f'{work}/bad-drift')
 
 
 def test_paper_command_of_the_docs_runs(work, cli):
@@ -767,10 +717,7 @@ def test_run_directories_without_desc_name_the_optimizer_or_evaluate(work, jobs)
 
 
 def test_bad_input_is_reported_before_training(work, jobs):
-    for argv, expected in bad_input_cases(work).items():
-        error = jobs[f'bad:{argv}']['error']
-        assert error is not None and expected in error, (argv, error)
-    assert not os.path.exists(f'{work}/bad'), 'a run directory was created before the error'
+    check_rejected(bad_input_cases(work), jobs, f'{work}/bad')
 
 
 def test_bad_input_fails_at_startup_on_the_command_line(work, cli):

@@ -1,12 +1,13 @@
 """ganpatch.seg.optimizer_step: a plain step is zero_grad/gradient/step; an extragradient step is a whole
 clipped-SEG step on two fresh minibatches (hand-computed), ends at a real iterate, and keeps buffer updates
-of the extrapolation pass but not those of the pass at the extrapolated point."""
+of the extrapolation pass but not those of the pass at the extrapolated point (with `modules`; without, it
+keeps both). ganpatch.seg.joint_step: two players of a bilinear game step together from one point."""
 
 import pytest
 import torch
 
 from ganpatch.optim import build_optimizer
-from ganpatch.seg import optimizer_step
+from ganpatch.seg import joint_step, optimizer_step
 
 A = torch.tensor([3.0, 4.0])
 
@@ -81,3 +82,63 @@ def test_plain_step_keeps_its_buffer_updates():
     net, opt, compute_gradient, calls = bn_player('sgd')
     optimizer_step(opt, compute_gradient, modules=[net])
     assert torch.equal(net[1].running_mean, calls[0]) and int(net[1].num_batches_tracked) == 1
+
+
+def test_without_modules_the_pass_at_the_extrapolated_point_keeps_its_buffer_updates():
+    net, opt, compute_gradient, calls = bn_player('extrasgd')
+    optimizer_step(opt, compute_gradient)
+    assert torch.equal(net[1].running_mean, calls[1]) and int(net[1].num_batches_tracked) == 2
+
+
+class BilinearGame:
+    """f(x, y) = x . y + noise: x minimizes f, y maximizes it. Each call draws fresh noises and leaves
+    x.grad = y + xi_x and y.grad = -x + xi_y; it records the point (x, y) of the call."""
+
+    def __init__(self, x, y, noises):
+        self.x, self.y, self.noises, self.points = x, y, [torch.tensor(n) for n in noises], []
+
+    def __call__(self):
+        xi_x, xi_y = self.noises[2 * len(self.points)], self.noises[2 * len(self.points) + 1]
+        self.points.append((self.x.detach().clone(), self.y.detach().clone()))
+        ((self.x * self.y.detach()).sum() + (xi_x * self.x).sum()).backward()
+        (-(self.x.detach() * self.y).sum() + (xi_y * self.y).sum()).backward()
+        return len(self.points)
+
+
+def players(optimizer):
+    x, y = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([0.5, 1.0]))
+    return x, y, build_optimizer(optimizer, [x], lr=0.1), build_optimizer(optimizer, [y], lr=0.2)
+
+
+def test_joint_seg_step_extrapolates_both_players_from_one_point_then_updates_both_from_the_other():
+    x, y, opt_x, opt_y = players('extrasgd')
+    noises = [[0.1, 0.2], [-0.3, 0.4], [0.5, -0.6], [0.7, 0.8]]
+    game = BilinearGame(x, y, noises)
+    assert joint_step([opt_x, opt_y], game) == 2
+    x0, y0 = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.0])
+    xi = [torch.tensor(n) for n in noises]
+    x_tilde, y_tilde = x0 - 0.1 * (y0 + xi[0]), y0 - 0.2 * (-x0 + xi[1])
+    (px0, py0), (px1, py1) = game.points
+    assert torch.equal(px0, x0) and torch.equal(py0, y0)
+    assert torch.allclose(px1, x_tilde) and torch.allclose(py1, y_tilde)  # Both extrapolated before the second pass.
+    assert torch.allclose(x.detach(), x0 - 0.1 * (y_tilde + xi[2]))
+    assert torch.allclose(y.detach(), y0 - 0.2 * (-x_tilde + xi[3]))
+    assert not opt_x.is_extrapolated and not opt_y.is_extrapolated
+
+
+def test_joint_plain_step_updates_both_players_from_one_point():
+    x, y, opt_x, opt_y = players('sgd')
+    game = BilinearGame(x, y, [[0.1, 0.2], [-0.3, 0.4]])
+    joint_step([opt_x, opt_y], game)
+    assert len(game.points) == 1
+    assert torch.allclose(x.detach(), torch.tensor([1.0, -2.0]) - 0.1 * torch.tensor([0.6, 1.2]))
+    assert torch.allclose(y.detach(), torch.tensor([0.5, 1.0]) - 0.2 * torch.tensor([-1.3, 2.4]))
+
+
+def test_joint_step_refuses_a_mix_of_extragradient_and_plain_optimizers_before_any_gradient():
+    x, y, opt_x, _ = players('extrasgd')
+    opt_y = build_optimizer('sgd', [y], lr=0.2)
+    game = BilinearGame(x, y, [[0.1, 0.2], [-0.3, 0.4]])
+    with pytest.raises(ValueError, match='all optimizers extragradient, or none'):
+        joint_step([opt_x, opt_y], game)
+    assert game.points == [] and x.tolist() == [1.0, -2.0] and y.tolist() == [0.5, 1.0]

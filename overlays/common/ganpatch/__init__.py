@@ -4,9 +4,11 @@ Submodules (import the one you need; `import ganpatch` itself imports nothing he
   clip       per-network gradient clipping (norm with any p-norm / value)
   optim      clipped SGD / Adam, their stochastic-extragradient versions, normalized SGD, optimistic Adam,
              ACClip (from acclip), `build_optimizer`; optim_base holds their common base class
-  seg        one player's step on fresh minibatches: plain, or a complete clipped-SEG step
+  seg        a step of one player, or of several from one point, on fresh minibatches: plain, or a
+             complete clipped-SEG step
   schedule   learning-rate schedules of the iteration alone (linear decay to 0)
-  buffers    module buffers (BatchNorm statistics, power iterations) restored after forward passes
+  buffers    module buffers (BatchNorm statistics, power iterations) restored after forward passes;
+             spectral norm's power iteration held, or advanced once
   bmc        Brownian Motion Controller loss terms and sampler
   gradnoise  heavy-tailed gradient-noise measurements and statistics (plots: gradnoise_plot)
   gradnoise_networks  both passes for a GAN's networks at a checkpoint, nothing updated

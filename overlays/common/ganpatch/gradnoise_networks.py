@@ -10,6 +10,11 @@ minibatches) with one phase per network, as a training step of that network woul
   back after each minibatch (`ganpatch.buffers.preserved_buffers`), so each gradient is taken at exactly
   the checkpoint's state and the networks end as loaded.
 No optimizer is involved; nothing steps.
+
+A train-mode forward of a spectral-norm layer refines u before it normalizes, so when a minibatch forwards
+a network several times (D on real images, then on fakes), each forward normalizes with another u. To take
+every forward with the checkpoint's u and v, run the measurement inside
+`ganpatch.buffers.held_power_iteration(network)` (torch.nn.utils.spectral_norm layers).
 """
 
 from ganpatch.buffers import preserved_buffers
