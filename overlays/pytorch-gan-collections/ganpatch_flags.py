@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from absl import flags
 from torchvision import datasets
 
-import ganpatch.acclip
 import ganpatch.buffers
 import ganpatch.clip
 import ganpatch.drift
@@ -93,7 +92,7 @@ def register_validators():
     - the upstream integers of POSITIVE_INTEGERS: at least 1;
     - every float flag (lr, alpha, betas, thresholds, BMC parameters, ...): finite, and lr >= 0;
     - --betas: two values in [0, 1), as Adam needs, and away from the script's default only with an
-      optimizer that it reaches (`takes_betas`); --seed in [0, 2**32 - 1];
+      optimizer that it reaches (`ganpatch.optim.takes_adam_hyperparameters`); --seed in [0, 2**32 - 1];
     - BMC parameters (--bmc_*) set away from their defaults without --bmc: they would be ignored;
     - --pretrain: an existing file, read only by --generate and --evaluate, which both need it;
       --generate and --evaluate exclude each other, and --evaluate needs --total_steps >= 2;
@@ -167,17 +166,10 @@ def _norm_options_need_norm(values):
     return True
 
 
-def takes_betas(opt):
-    """Whether --betas reaches optimizer `opt`: the Adam family (adam, extraadam, optimistic_adam), whose betas are
-    Adam's. SGD-like optimizers take none, and each ACClip variant fixes its own by name (nomom_*: beta1 = 0)."""
-    name = ganpatch.optim.canonical_name(opt)
-    return 'betas' in ganpatch.optim.default_hyperparameters(name) and name not in ganpatch.acclip.ACCLIP_VARIANTS
-
-
 def _betas_reach_the_optimizer(values):
     """--betas away from the script's default needs an optimizer that uses it (a flagfile with the default loads)."""
-    if values['betas'] != FLAGS['betas'].default and not takes_betas(values['opt']):
-        users = [name for name in ganpatch.optim.OPTIMIZERS if takes_betas(name)]
+    if values['betas'] != FLAGS['betas'].default and not ganpatch.optim.takes_adam_hyperparameters(values['opt']):
+        users = [name for name in ganpatch.optim.OPTIMIZERS if ganpatch.optim.takes_adam_hyperparameters(name)]
         raise flags.ValidationError(f'--betas is for {", ".join(users)}; --opt={values["opt"]} would ignore it')
     return True
 
@@ -351,15 +343,14 @@ def build_optimizer(params, lr, clip_threshold):
     --opt=adam without clipping is upstream's torch.optim.Adam with --betas, so default runs train as upstream
     does. Everything else comes from ganpatch.optim.build_optimizer (an alias such as extra_sgd is resolved there):
     SGD has no momentum (as in Gorbunov et al., NeurIPS 2022), every step() clips the network's gradient as one
-    player before updating (--clip_mode, --clip_norm_type, --clip_norm_eps), --betas reaches the optimizers of
-    `takes_betas`, and every other hyperparameter keeps its default (ganpatch.optim.default_hyperparameters).
+    player before updating (--clip_mode, --clip_norm_type, --clip_norm_eps), --betas reaches the Adam family
+    only (`ganpatch.optim.takes_adam_hyperparameters`), and every other hyperparameter keeps its default (ganpatch.optim.default_hyperparameters).
     """
     if FLAGS.opt == 'adam' and FLAGS.clip_mode == 'none':
         return torch.optim.Adam(params, lr=lr, betas=FLAGS.betas)
-    hyperparameters = dict(betas=tuple(FLAGS.betas)) if takes_betas(FLAGS.opt) else {}
     return ganpatch.optim.build_optimizer(FLAGS.opt, params, lr=lr, clip_mode=FLAGS.clip_mode,
                                           clip_threshold=clip_threshold, clip_norm_type=FLAGS.clip_norm_type,
-                                          clip_norm_eps=FLAGS.clip_norm_eps, **hyperparameters)
+                                          clip_norm_eps=FLAGS.clip_norm_eps, upstream_adam=dict(betas=tuple(FLAGS.betas)))
 
 
 def build_optimizers(net_G, net_D):

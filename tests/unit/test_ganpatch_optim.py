@@ -96,6 +96,14 @@ def test_upstream_adam_settings_reach_the_adam_family_only():
     assert family == {'adam', 'extraadam', 'extra_adam', 'optimistic_adam'}
     with pytest.raises(ValueError, match='Unknown optimizer'):
         takes_adam_hyperparameters('rmsprop')
+    upstream = dict(betas=(0.0, 0.99), eps=1e-6)
+    assert build_optimizer('adam', [quadratic_param()], lr=0.1, upstream_adam=upstream).param_groups[0]['betas'] == (0.0, 0.99)
+    acclip = build_optimizer('acclip', [quadratic_param()], lr=0.1, upstream_adam=upstream).param_groups[0]
+    assert (acclip['betas'], acclip['eps']) == (default_hyperparameters('acclip')['betas'], 1e-5)
+    sgd = build_optimizer('sgd', [quadratic_param()], lr=0.1, upstream_adam=upstream).param_groups[0]
+    assert 'betas' not in sgd and 'eps' not in sgd
+    explicit = build_optimizer('extraadam', [quadratic_param()], lr=0.1, upstream_adam=upstream, eps=1e-3)
+    assert explicit.param_groups[0]['eps'] == 1e-3
 
 
 def test_factory_passes_hyperparameters_through():

@@ -387,7 +387,7 @@ def takes_adam_hyperparameters(name):
 
 
 def build_optimizer(name, params, *, lr, clip_mode='none', clip_threshold=None, clip_norm_type=2.0, clip_norm_eps=0.0,
-                    **hyperparameters):
+                    upstream_adam=None, **hyperparameters):
     """One network's optimizer by name: one of `OPTIMIZERS` or `ALIASES`.
 
     `params` is what torch.optim takes (tensors or param-group dicts). Clipping, as one player over the whole
@@ -400,12 +400,17 @@ def build_optimizer(name, params, *, lr, clip_mode='none', clip_threshold=None, 
     `default_hyperparameters(name)` (e.g. betas, eps, weight_decay for adam; momentum, weight_decay for sgd);
     those not given keep those defaults. For backward compatibility, the SGD family (sgd, extrasgd, norm_sgd)
     ignores `betas`, sgd/extrasgd ignore `eps` too (norm_sgd has its own), and every optimizer accepts momentum=0.
+    `upstream_adam` holds the calling upstream's Adam settings (e.g. dict(betas=(0, 0.99), eps=1e-8)): they reach
+    the Adam family only (`takes_adam_hyperparameters`), so that the other optimizers keep their own; keywords in
+    `hyperparameters` take precedence over them.
 
     Raises ValueError for an unknown name, clip mode or hyperparameter, a missing, non-positive or non-finite
     threshold when clip_mode != 'none', a norm type or eps with another clip mode, and invalid hyperparameter
     values.
     """
     name = canonical_name(name)
+    if upstream_adam and takes_adam_hyperparameters(name):
+        hyperparameters = {**upstream_adam, **hyperparameters}
     check_clip_args(clip_mode, clip_threshold, clip_norm_type, clip_norm_eps)
     accepted = default_hyperparameters(name)
     hyperparameters = {key: value for key, value in hyperparameters.items()
