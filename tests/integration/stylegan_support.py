@@ -11,6 +11,8 @@ import shlex
 import subprocess
 import sys
 
+import localhost_launch
+
 METHOD_PATCH_SUBJECT = 'Optimizers and clipping' # The first method patch of both series.
 
 LOAD_AND_GENERATE = r'''
@@ -33,16 +35,21 @@ differ = [f'{key}.{name}' for key in ['G', 'D', 'G_ema']
 print('DIFFER', differ, 'COUNT', sum(len(a[key].state_dict()) for key in ['G', 'D', 'G_ema']))
 '''
 
-# Runs train.main (or any click command) on many argument lists in one process; prints one line each.
+# Runs train.main (or any click command) on many argument lists in one process; prints one line each. With a
+# fourth argument, a list of environments: each command runs with its own (the whole os.environ).
 RUN_CLICK_COMMANDS = r'''
-import json, sys, click, importlib
+import json, os, sys, click, importlib
 command = getattr(importlib.import_module(sys.argv[1]), sys.argv[2])
-for args in json.loads(sys.argv[3]):
+envs = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+for index, args in enumerate(json.loads(sys.argv[3])):
+    if envs is not None:
+        os.environ.clear()
+        os.environ.update(envs[index])
     try:
         command.main(args, standalone_mode=False)
         print('ACCEPTED', json.dumps(args))
     except click.ClickException as err:
-        print('REJECTED', json.dumps(err.format_message()))
+        print('REJECTED', json.dumps(str(err.format_message()))) # str: stylegan2-ada's ctx.fail(err) passes the exception
 '''
 
 
@@ -87,9 +94,11 @@ def check_finite_losses_and_snapshot(tree, run_dir, resolution=32):
     return means
 
 
-def run_click_commands(tree, module, command, argv_list, tmp_path):
-    """[(accepted, message-or-args)] for each argument list, all in one process."""
-    output = run(tree, ['-c', RUN_CLICK_COMMANDS, module, command, json.dumps(argv_list)], cwd=tmp_path)
+def run_click_commands(tree, module, command, argv_list, tmp_path, envs=None):
+    """[(accepted, message-or-args)] for each argument list, all in one process; `envs`: one dict of variables per
+    argument list, set for that command on top of os.environ without launch variables (localhost_launch)."""
+    extra = [] if envs is None else [json.dumps([localhost_launch.launch_free_environ(tree, **env) for env in envs])]
+    output = run(tree, ['-c', RUN_CLICK_COMMANDS, module, command, json.dumps(argv_list), *extra], cwd=tmp_path)
     results = [line for line in output.splitlines() if line.startswith(('ACCEPTED', 'REJECTED'))]
     assert len(results) == len(argv_list), output[-3000:]
     return [(line.startswith('ACCEPTED'), json.loads(line.split(' ', 1)[1])) for line in results]

@@ -5,9 +5,6 @@ simulated two-task srun step on localhost."""
 import dataclasses
 import json
 import os
-import random
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from ganpatch.distributed import (SLURM_PORT_BASE, SLURM_PORT_SPAN, Launch, Laun
                                   cuda_device_index, decide_on_rank0, detect_launch, expand_hostlist,
                                   expand_tasks_per_node, export_environ, first_host, resolve_num_gpus,
                                   select_device, slurm_default_port)
+from localhost_launch import free_port, launch_free_environ, run_together, srun_environments, torchrun_commands
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name('distributed_worker.py')
@@ -339,45 +337,9 @@ def test_collectives_without_a_process_group_are_local():
 #----------------------------------------------------------------------------
 # Two real processes on localhost (gloo).
 
-def free_port(lo=1024, hi=65536):
-    """A TCP port in [lo, hi) that is free on 127.0.0.1 right now."""
-    for _ in range(200):
-        port = random.randrange(lo, hi)
-        with socket.socket() as s:
-            try:
-                s.bind(('127.0.0.1', port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f'No free port in [{lo}, {hi})')
-
-
 def clean_env(**extra):
     """os.environ without launcher variables, with ganpatch importable and one thread per process."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(('SLURM_', 'TORCHELASTIC_')) and name not in
-           ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'GROUP_RANK')}
-    pythonpath = [str(REPO_ROOT / 'overlays' / 'common'), *filter(None, [os.environ.get('PYTHONPATH')])]
-    env.update(PYTHONPATH=os.pathsep.join(pythonpath), OMP_NUM_THREADS='1', **extra)
-    return env
-
-
-def run_all(commands, timeout=60):
-    """Start every (argv, env) at once; wait for all; kill the rest when one fails or time runs out."""
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for argv, env in commands]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output
-    return outputs
+    return launch_free_environ(REPO_ROOT / 'overlays' / 'common', **extra)
 
 
 def check_two_ranks(out_dir, launcher):
@@ -400,10 +362,7 @@ def check_two_ranks(out_dir, launcher):
 def test_two_torchrun_nodes_on_localhost(tmp_path):
     """`torchrun --nnodes=2 --node_rank={0,1} --nproc_per_node=1`, two agents as two nodes would start them."""
     port = free_port()
-    commands = [([sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', f'--node_rank={node}',
-                  '--nproc_per_node=1', '--master_addr=127.0.0.1', f'--master_port={port}', str(WORKER), str(tmp_path)],
-                 clean_env()) for node in (0, 1)]
-    run_all(commands)
+    run_together([(argv, clean_env()) for argv in torchrun_commands(str(WORKER), [[str(tmp_path)]] * 2, port)])
     records = check_two_ranks(tmp_path, 'torchrun')
     assert {(r['launch']['master_addr'], r['launch']['master_port']) for r in records} == {('127.0.0.1', port)}
 
@@ -412,17 +371,10 @@ def test_two_torchrun_nodes_on_localhost(tmp_path):
 def test_two_srun_tasks_on_localhost(tmp_path):
     """The environment srun gives the two tasks of `srun --nodes=2 --ntasks-per-node=1`, nodes 127.0.0.[1-2],
     with the rendezvous port derived from the job id."""
-    port = free_port(SLURM_PORT_BASE, SLURM_PORT_BASE + SLURM_PORT_SPAN)
-    job_id = str(7 * SLURM_PORT_SPAN + port - SLURM_PORT_BASE)
-    commands = []
-    for rank in (0, 1):
-        env = clean_env(SLURM_JOB_ID=job_id, SLURM_STEP_ID='0', SLURM_STEPID='0', SLURM_PROCID=str(rank),
-                        SLURM_LOCALID='0', SLURM_NODEID=str(rank), SLURM_STEP_NUM_TASKS='2', SLURM_NTASKS='2',
-                        SLURM_STEP_TASKS_PER_NODE='1(x2)', SLURM_TASKS_PER_NODE='1(x2)',
-                        SLURM_STEP_NODELIST='127.0.0.[1-2]', SLURM_JOB_NODELIST='127.0.0.[1-2]')
-        commands.append(([sys.executable, str(WORKER), str(tmp_path)], env))
-    run_all(commands)
+    environments = srun_environments(2)
+    run_together([([sys.executable, str(WORKER), str(tmp_path)], clean_env(**env)) for env in environments])
     records = check_two_ranks(tmp_path, 'slurm')
+    port = slurm_default_port(int(environments[0]['SLURM_JOB_ID']))
     assert {(r['launch']['master_addr'], r['launch']['master_port']) for r in records} == {('127.0.0.1', port)}
 
 
@@ -432,9 +384,8 @@ def test_one_torchrun_process_on_cuda_joins_nccl(tmp_path):
     """The CUDA smoke test: `torchrun --nproc_per_node=1` on one node, nccl on cuda:0."""
     if not torch.cuda.is_available():
         pytest.skip('needs CUDA (no GPU visible)')
-    command = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=1',
-               '--master_addr=127.0.0.1', f'--master_port={free_port()}', str(WORKER), str(tmp_path), 'cuda']
-    run_all([(command, clean_env())])
+    [command] = torchrun_commands(str(WORKER), [[str(tmp_path), 'cuda']], free_port())
+    run_together([(command, clean_env())])
     record = json.loads((tmp_path / 'rank0.json').read_text())
     assert (record['launch']['launcher'], record['launch']['world_size'], record['group_size']) == ('torchrun', 1, 1)
     assert (record['backend'], record['device']) == ('nccl', 'cuda:0')

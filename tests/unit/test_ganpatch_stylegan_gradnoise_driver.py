@@ -33,10 +33,3 @@ def test_phases_follow_the_loss_options():
     assert gradnoise_driver.phases_of(dict(pl_weight=2), r1_gamma=1) == ['Gmain', 'Greg', 'Dmain', 'Dreg']
     assert gradnoise_driver.phases_of(dict(pl_weight=0), r1_gamma=1) == ['Gmain', 'Dmain', 'Dreg']
     assert gradnoise_driver.phases_of(dict(pl_weight=2), r1_gamma=0) == ['Gmain', 'Greg', 'Dmain']
-
-
-def test_run_directories_are_numbered_like_train_pys(tmp_path):
-    assert gradnoise_driver.next_run_dir(str(tmp_path / 'missing'), 'gradnoise').endswith('00000-gradnoise')
-    (tmp_path / '00003-old').mkdir()
-    (tmp_path / 'notes').mkdir()
-    assert gradnoise_driver.next_run_dir(str(tmp_path), 'gradnoise-eval') == str(tmp_path / '00004-gradnoise-eval')

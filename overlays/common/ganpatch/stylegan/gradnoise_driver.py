@@ -14,6 +14,8 @@ noise_stats.json) are written by ganpatch.gradnoise into a numbered run director
   phases are measured without the lazy-regularization gain.
 - Every minibatch gradient is the mean over the whole --batch, whatever --batch-gpu, averaged across
   --gpus processes, and is counted once per completed minibatch.
+- Launched by torchrun or srun (several nodes), it works as train.py does (ganpatch.stylegan.launch):
+  --gpus is the world size, every process measures on its local rank's device, and global rank 0 writes.
 - Nothing is updated: no optimizer step, no G_ema, no ADA; the networks' running statistics (w_avg, the
   StyleGAN3 magnitude EMAs) and the loss's pl_mean stay as they are (pl_mean, which pickles do not store,
   is first estimated as the mean path length over a few minibatches).
@@ -34,7 +36,6 @@ import copy
 import json
 import math
 import os
-import re
 import tempfile
 import warnings
 
@@ -69,13 +70,6 @@ def phases_of(loss_kwargs, r1_gamma):
     """The phases measured for networks with these loss options."""
     return [phase for phase in PHASE_MODULES
             if not (phase == 'Greg' and loss_kwargs['pl_weight'] == 0) and not (phase == 'Dreg' and r1_gamma == 0)]
-
-
-def next_run_dir(outdir, desc):
-    """A new numbered run directory, named like train.py's."""
-    prev_run_ids = [re.match(r'^\d+', x) for x in (os.listdir(outdir) if os.path.isdir(outdir) else [])]
-    cur_run_id = max([int(x.group()) for x in prev_run_ids if x is not None], default=-1) + 1
-    return os.path.join(outdir, f'{cur_run_id:05d}-{desc}')
 
 
 class FrozenPathLengthMean:
@@ -183,7 +177,7 @@ def command(tree):
     @click.option('--outdir',       help='Where to save the results', metavar='DIR',                required=True)
     @click.option('--cfg',          help='Base configuration (checked against the pickle)',         type=click.Choice(list(tree.configs)))
     @click.option('--data',         help='Training data', metavar='[ZIP|DIR]',                      type=str, required=True)
-    @click.option('--gpus',         help='Number of GPUs (or CPU processes) to use', metavar='INT', type=click.IntRange(min=1), required=True)
+    @click.option('--gpus',         help='Number of GPUs (or CPU processes) to use  [required unless torchrun or srun]', metavar='INT', type=click.IntRange(min=1))
     @click.option('--batch',        help='Total batch size', metavar='INT',                         type=click.IntRange(min=1), required=True)
     @click.option('--gamma',        help='R1 regularization weight', metavar='FLOAT',               type=NONNEGATIVE_FLOAT, required=True)
     @click.option('--resume',       help='Network pickle to measure (loading runs code from it: trusted files only)', metavar='[PATH|URL]', type=str, required=True)
@@ -230,7 +224,8 @@ def run(tree, opts, given):
     """Check everything, print the plan, then measure (unless --dry-run)."""
     import dnnlib
     opts = dnnlib.EasyDict(opts)
-    c = dnnlib.EasyDict(num_gpus=opts.gpus, batch_size=opts.batch, batch_gpu=opts.batch_gpu or opts.batch // opts.gpus,
+    job, num_gpus = launch.resolve(opts.gpus, opts.device) # A torchrun or srun launch, with --gpus checked against it.
+    c = dnnlib.EasyDict(num_gpus=num_gpus, batch_size=opts.batch, batch_gpu=opts.batch_gpu or opts.batch // num_gpus,
         mode=opts.mode, full_grad_dir=opts.full_grad, resume_pkl=opts.resume, random_seed=opts.seed, pl_mean_batches=opts.pl_mean_batches)
     c.device_type = resolve_device(opts.device)
     c.num_batches = math.ceil(opts.kimg * 1000 / opts.batch)
@@ -274,7 +269,14 @@ def run(tree, opts, given):
     c.phases = phases_of(c.loss_kwargs, opts.gamma)
     del training_set, resume_data, G, D
 
-    c.run_dir = next_run_dir(opts.outdir, 'gradnoise' + (f'-{opts.desc}' if opts.desc else ''))
+    # Global rank 0 of a launch picks the run directory for every rank, prints the plan and writes the results.
+    if not opts.dry_run:
+        launch.join(job, c.device_type)
+    c.run_dir = launch.decide_run_dir(opts.outdir, 'gradnoise' + (f'-{opts.desc}' if opts.desc else ''))
+    if launch.other_rank(job):
+        if not opts.dry_run:
+            launch.spawn(measure, (tree, c, None), c.num_gpus)
+        return
     print()
     print('Measurement options:')
     print(json.dumps(c, indent=2))
