@@ -16,6 +16,13 @@ def test_lazy_regularization_scales_lr_for_every_optimizer_and_betas_for_adam():
     assert sgd == {**sgd_kwargs, 'lr': 0.35 * 4 / 5} and sgd_kwargs['lr'] == 0.35 # The input is not changed.
 
 
+def test_lazy_regularization_rescales_acclips_betas_as_the_authors_did():
+    """Their training loop raised every optimizer's betas to mb_ratio; ACClip's momentum and threshold moment
+    are running averages per step like Adam's, so they keep their decay per minibatch the same way."""
+    acclip = dict(class_name='ganpatch.optim.build_optimizer', name='nomom_acclip', lr=1e-4, betas=[0.0, 0.99], eps=1e-5)
+    assert loop.lazy_regularization_kwargs(acclip, 16 / 17)['betas'] == [0.0, 0.99 ** (16 / 17)]
+
+
 class Recorder:
     """A quadratic 'phase': gradient x - target_k on the k-th minibatch; records what update_phase calls."""
 
@@ -67,6 +74,65 @@ def test_torch_adam_is_stepped_without_a_norm_report():
     opt = torch.optim.Adam([param], lr=0.1)
     loop.update_phase('Gmain', opt, rec.compute_gradient, (torch.tensor(0.0),), rec.draw, rec.report)
     assert rec.reports == [] and not torch.equal(param.detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_update_norm_is_reported_from_the_real_iterate_for_seg():
+    param = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    rec = Recorder(param)
+    opt = ganpatch.optim.build_optimizer('extrasgd', [param], lr=0.5)
+    loop.update_phase('Dmain', opt, rec.compute_gradient, (torch.tensor(3.0),), rec.draw, rec.report, report_update_norm=True)
+    moved = float(torch.linalg.vector_norm(param.detach() - torch.tensor([1.0, 1.0])))
+    assert rec.reports[-1] == ('Update/Dmain_norm', pytest.approx(moved)) and moved > 0
+    rec.reports.clear()
+    loop.update_phase('Dmain', opt, rec.compute_gradient, (torch.tensor(3.0),), rec.draw, rec.report)
+    assert [name for name, _ in rec.reports] == ['Grad/Dmain_norm'] # Off: nothing more.
+
+
+def test_update_norm_is_one_norm_over_all_tensors():
+    before = [torch.zeros(2), torch.zeros(1)]
+    assert float(loop.update_norm(before, [torch.tensor([3.0, 0.0]), torch.tensor([4.0])])) == 5.0
+
+
+def test_captured_gradient_is_the_raw_gradient_before_value_clipping():
+    param = torch.nn.Parameter(torch.tensor([0.0, 0.0]))
+    captured = []
+
+    def gradient(target):
+        param.grad = torch.tensor([5.0, -0.5])
+    opt = ganpatch.optim.build_optimizer('sgd', [param], lr=1.0, clip_mode='value', clip_threshold=1.0)
+    loop.update_phase('Gmain', opt, gradient, (None,), None, lambda *args: None, capture_gradient=captured.append)
+    assert torch.equal(captured[0], torch.tensor([5.0, -0.5])) # The value clip changed .grad in place afterwards.
+    assert torch.equal(param.detach(), torch.tensor([-1.0, 0.5]))
+
+
+@pytest.mark.parametrize('cur_nimg, cur_tick, expected', [
+    (0, 0, True),       # the first iteration ends tick 0
+    (100, 1, False),    # 104 < 96 + 16
+    (108, 1, True),     # 112 >= 96 + 16: the tick's last minibatch
+    (196, 1, True),     # 200 >= total: the run's last
+])
+def test_ends_tick_predicts_the_loops_tick_condition(cur_nimg, cur_tick, expected):
+    assert loop.ends_tick(cur_nimg, 4, cur_tick, tick_start_nimg=96, kimg_per_tick=0.016, total_kimg=0.2) == expected
+
+
+class Writer:
+    def __init__(self):
+        self.calls = []
+
+    def add_histogram(self, tag, values, bins, global_step, walltime):
+        self.calls.append((tag, values.tolist(), bins, global_step, walltime))
+
+
+def test_gradient_histograms_keep_the_main_phases_and_write_their_tags():
+    histograms = loop.GradientHistograms()
+    assert histograms.capture('Greg') is None and histograms.capture('Dreg') is None
+    histograms.capture('Gmain')(torch.tensor([1.0, 2.0]))
+    histograms.capture('Dboth')(torch.tensor([3.0]))
+    writer = Writer()
+    histograms.write(writer, global_step=7, walltime=1.5)
+    assert writer.calls == [('Histogram/D_grads', [3.0], 150, 7, 1.5), ('Histogram/G_grads', [1.0, 2.0], 150, 7, 1.5)]
+    histograms.write(writer, global_step=8, walltime=2.0)
+    assert len(writer.calls) == 2 # Written once, then forgotten.
 
 
 def test_check_real_iterates_fails_inside_an_extrapolation():

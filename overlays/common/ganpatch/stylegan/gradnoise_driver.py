@@ -6,9 +6,15 @@ averages the minibatch gradient of every training phase over --kimg thousand ima
 records ||g_b - g_bar||_2 for fresh minibatches b. The outputs (histograms, norms, full gradients,
 noise_stats.json) are written by ganpatch.gradnoise into a numbered run directory under --outdir.
 
-- The networks and the augmentation pipe come from the --resume pickle itself, so architecture flags
-  cannot silently load mismatched weights; given flags that disagree with the pickle are reported as
-  warnings. The pickle is loaded (and checked) before anything is written, --dry-run included.
+- The networks come from the --resume pickle itself, so architecture flags cannot silently load
+  mismatched weights; given flags that disagree with the pickle are reported as warnings. The pickle is
+  loaded (and checked) before anything is written, --dry-run included.
+- The augmentation pipe (--aug), by default as the clipped-methods authors' measurement ran it: a fresh
+  pipe at p = 0 (their gradnoise_eval.py built a new pipe from train.py's --aug=ada settings, whose p starts
+  at 0 and never moves without training steps). On a checkpoint trained with ADA up to p = 0.8, the pickle's
+  own pipe gives a D noise mean of 0.472 against 0.318 with theirs, so paper-style histograms need this
+  default; --aug=resume measures with the pickle's pipe and p, --aug=fixed with a fresh pipe at --p,
+  --aug=noaug without augmentation.
 - The phases are those the training loop runs (Gmain, Greg when the pickle's config has path-length
   regularization, Dmain, Dreg when --gamma > 0), each measured on its own, never pooled. Regularization
   phases are measured without the lazy-regularization gain.
@@ -16,6 +22,10 @@ noise_stats.json) are written by ganpatch.gradnoise into a numbered run director
   --gpus processes, and is counted once per completed minibatch.
 - Launched by torchrun or srun (several nodes), it works as train.py does (ganpatch.stylegan.launch):
   --gpus is the world size, every process measures on its local rank's device, and global rank 0 writes.
+- Outputs: ganpatch.gradnoise's files per phase (<phase>_full_grad.pth, <phase>_stoch_noise.npy, the
+  histograms, noise_stats.json), and the authors' names and formats for the phases theirs measured (their
+  Greg/Dreg gradients never reached their files): generator_full_grad.pth / generator_stoch_noise.npy for
+  Gmain, discriminator_... for Dmain, a bare flat tensor and a float64 array.
 - Nothing is updated: no optimizer step, no G_ema, no ADA; the networks' running statistics (w_avg, the
   StyleGAN3 magnitude EMAs) and the loss's pl_mean stay as they are (pl_mean, which pickles do not store,
   is first estimated as the mean path length over a few minibatches).
@@ -45,9 +55,15 @@ import torch
 
 import ganpatch.gradnoise
 from ganpatch.stylegan import launch
-from ganpatch.stylegan.options import KIMG, NONNEGATIVE_FLOAT, device_option, given_options, load_network_pickle, resolve_device
+from ganpatch.stylegan.options import KIMG, NONNEGATIVE_FLOAT, FiniteFloatRange, device_option, given_options, load_network_pickle, resolve_device
 
 PHASE_MODULES = {'Gmain': 'G', 'Greg': 'G', 'Dmain': 'D', 'Dreg': 'D'} # The training loop's phases, kept apart.
+AUTHORS_FILES = {'Gmain': ('generator_full_grad.pth', 'generator_stoch_noise.npy'), # The clipped-methods authors'
+                 'Dmain': ('discriminator_full_grad.pth', 'discriminator_stoch_noise.npy')} # file names (StyleGAN).
+AUGMENTATION_MODES = ('ada', 'fixed', 'noaug', 'resume')
+# The augmentation pipe both trees' train.py build by default (stylegan2-ada: --augpipe=bgc; stylegan3: its only one).
+DEFAULT_AUGMENT_KWARGS = dict(class_name='training.augment.AugmentPipe', xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1,
+    xfrac=1, brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
 
 
 def architecture_mismatches(tree, opts, given, G, D):
@@ -70,6 +86,33 @@ def phases_of(loss_kwargs, r1_gamma):
     """The phases measured for networks with these loss options."""
     return [phase for phase in PHASE_MODULES
             if not (phase == 'Greg' and loss_kwargs['pl_weight'] == 0) and not (phase == 'Dreg' and r1_gamma == 0)]
+
+
+def augment_pipe_for(aug, p, pickled_pipe, default_kwargs=DEFAULT_AUGMENT_KWARGS):
+    """The augmentation pipe of the measurement, on the CPU (None for none).
+
+    aug 'resume': `pickled_pipe` (a copy) with its own p; 'ada' / 'fixed': a fresh pipe at p (0 for ada, as the
+    clipped-methods authors' measurement ran it), built like the pickled one when there is one (same class and
+    constructor arguments, so the same transformations), else from `default_kwargs` (train.py's default
+    pipe); 'noaug': None.
+    """
+    import dnnlib
+    if aug == 'noaug':
+        return None
+    if aug == 'resume':
+        return None if pickled_pipe is None else copy.deepcopy(pickled_pipe)
+    if pickled_pipe is not None:
+        pipe = type(pickled_pipe)(*pickled_pipe.init_args, **pickled_pipe.init_kwargs)
+    else:
+        import dnnlib # The tree's.
+        pipe = dnnlib.util.construct_class_by_name(**default_kwargs)
+    pipe.p.copy_(torch.as_tensor(p))
+    return pipe
+
+
+def describe_augmentation(aug, p):
+    return {'ada': 'a fresh pipe at p=0 (--aug=ada)', 'fixed': f'a fresh pipe at p={p} (--aug=fixed)', 'noaug': 'none (--aug=noaug)',
+            'resume': 'the pipe and p of the --resume pickle (--aug=resume)'}[aug]
 
 
 class FrozenPathLengthMean:
@@ -116,9 +159,9 @@ def measure(rank, tree, c, temp_dir):
     resume_data = load_network_pickle(c.resume_pkl)
     G = copy.deepcopy(resume_data['G']).train().requires_grad_(False).to(device)
     D = copy.deepcopy(resume_data['D']).train().requires_grad_(False).to(device)
-    augment_pipe = resume_data.get('augment_pipe')
+    augment_pipe = augment_pipe_for(c.aug, c.augment_p, resume_data.get('augment_pipe'))
     if augment_pipe is not None:
-        augment_pipe = copy.deepcopy(augment_pipe).train().requires_grad_(False).to(device)
+        augment_pipe = augment_pipe.train().requires_grad_(False).to(device)
     modules = dict(G=G, D=D)
 
     # Data.
@@ -162,6 +205,7 @@ def measure(rank, tree, c, temp_dir):
     ganpatch.gradnoise.measure_gradient_noise(meter, compute_gradient, c.num_batches, mode=c.mode, log=log)
     if rank == 0:
         stats = meter.save(c.run_dir)
+        meter.save_authors_files(c.run_dir, AUTHORS_FILES)
         if stats:
             print(json.dumps(stats, indent=2))
         print(f'Results in {c.run_dir}')
@@ -181,6 +225,9 @@ def command(tree):
     @click.option('--batch',        help='Total batch size', metavar='INT',                         type=click.IntRange(min=1), required=True)
     @click.option('--gamma',        help='R1 regularization weight', metavar='FLOAT',               type=NONNEGATIVE_FLOAT, required=True)
     @click.option('--resume',       help='Network pickle to measure (loading runs code from it: trusted files only)', metavar='[PATH|URL]', type=str, required=True)
+    @click.option('--aug',          help='Augmentation: a fresh pipe at p=0 (ada), at --p (fixed), none, or the pickle\'s pipe and p (resume)',
+                                                                                                    type=click.Choice(list(AUGMENTATION_MODES)), default='ada', show_default=True)
+    @click.option('--p',            help='Probability for --aug=fixed', metavar='FLOAT',            type=FiniteFloatRange(min=0, max=1), default=0.2, show_default=True)
 
     # Measurement.
     @click.option('--mode',         help='Pass 1 (full), pass 2 (stochastic) or both',              type=click.Choice(list(ganpatch.gradnoise.MODES)), default='both', show_default=True)
@@ -226,7 +273,8 @@ def run(tree, opts, given):
     opts = dnnlib.EasyDict(opts)
     job, num_gpus = launch.resolve(opts.gpus, opts.device) # A torchrun or srun launch, with --gpus checked against it.
     c = dnnlib.EasyDict(num_gpus=num_gpus, batch_size=opts.batch, batch_gpu=opts.batch_gpu or opts.batch // num_gpus,
-        mode=opts.mode, full_grad_dir=opts.full_grad, resume_pkl=opts.resume, random_seed=opts.seed, pl_mean_batches=opts.pl_mean_batches)
+        mode=opts.mode, full_grad_dir=opts.full_grad, resume_pkl=opts.resume, random_seed=opts.seed, pl_mean_batches=opts.pl_mean_batches,
+        aug=opts.aug, augment_p={'ada': 0.0, 'fixed': opts.p}.get(opts.aug))
     c.device_type = resolve_device(opts.device)
     c.num_batches = math.ceil(opts.kimg * 1000 / opts.batch)
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=(c.device_type == 'cuda'), prefetch_factor=2, num_workers=opts.workers)
@@ -242,6 +290,8 @@ def run(tree, opts, given):
         raise click.ClickException('--full-grad DIR (a --mode=full run) is required with --mode=stochastic, and only then')
     if opts.full_grad is not None and not os.path.isdir(opts.full_grad):
         raise click.ClickException(f'--full-grad: no such directory: {opts.full_grad}')
+    if 'p' in given and opts.aug != 'fixed':
+        raise click.ClickException('--p requires --aug=fixed')
 
     # Networks: the pickle decides the architecture.
     print(f'Loading networks from "{opts.resume}"...')
@@ -283,6 +333,7 @@ def run(tree, opts, given):
     print()
     print(f'Output directory:    {c.run_dir}')
     print(f'Phases:              {", ".join(c.phases)}')
+    print(f'Augmentation:        {describe_augmentation(c.aug, c.augment_p)}')
     print(f'Passes:              {c.mode}, {c.num_batches} minibatches of {c.batch_size} images each')
     print()
     if opts.dry_run:

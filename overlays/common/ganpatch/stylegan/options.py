@@ -39,7 +39,22 @@ FINITE_FLOAT = FiniteFloatRange()
 NONNEGATIVE_FLOAT = FiniteFloatRange(min=0)
 POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 KIMG = POSITIVE_FLOAT # Durations in thousands of images; fractions allowed (smoke runs).
-OPTIMIZER_CHOICES = getattr(ganpatch.optim, 'OPTIMIZER_CHOICES', ganpatch.optim.OPTIMIZERS) # With aliases, where ganpatch.optim has them.
+# The Adam family: optimizers whose betas and eps are Adam's, so they take upstream's (StyleGAN's betas (0, 0.99) and
+# eps 1e-8). The ACClip variants keep the betas their names fix; the SGD family takes none.
+ADAM_FAMILY = ('adam', 'extraadam', 'optimistic_adam')
+NORM_CLIP_DEFAULTS = dict(clip_norm_type=2.0, clip_norm_eps=0.0)
+
+
+class ClipNormType(click.ParamType):
+    """The p of the clipped norm: a number >= 1 or inf (`ganpatch.clip.parse_norm_type`) -> float."""
+
+    name = 'P'
+
+    def convert(self, value, param, ctx):
+        try:
+            return ganpatch.clip.parse_norm_type(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
 class GridSize(click.ParamType):
@@ -88,10 +103,24 @@ learning_rate_options = _options( # Per-network learning rates; stylegan3's trai
 )
 
 optimizer_options = _options(
-    click.option('--optimizer', help='Optimizer for G and D',                                   type=click.Choice(list(OPTIMIZER_CHOICES)), default='adam', show_default=True),
+    click.option('--optimizer', help=f'Optimizer for G and D: {ganpatch.optim.describe_choices()}', metavar='NAME',
+                                                                                                type=click.Choice(list(ganpatch.optim.OPTIMIZER_CHOICES)), default='adam', show_default=True),
     click.option('--clip-mode', help='Gradient clipping, per network',                          type=click.Choice(list(ganpatch.clip.CLIP_MODES)), default='none', show_default=True),
     click.option('--clip-gmax', help='G clipping threshold (norm or value)', metavar='FLOAT',   type=POSITIVE_FLOAT),
     click.option('--clip-dmax', help='D clipping threshold (norm or value)', metavar='FLOAT',   type=POSITIVE_FLOAT),
+    click.option('--clip-norm-type', help='p of the clipped norm (a number >= 1 or inf), for --clip-mode=norm', type=ClipNormType(), default=2.0, show_default=True),
+    click.option('--clip-norm-eps', help='c/(||g||+eps) as torch\'s clip_grad_norm_ (1e-6: its arithmetic), for --clip-mode=norm', metavar='FLOAT',
+                                                                                                type=NONNEGATIVE_FLOAT, default=0.0, show_default=True),
+)
+
+regularization_options = _options( # Lazy regularization intervals (StyleGAN2, appendix B).
+    click.option('--gregint',   help='G regularization interval in minibatches (0: no lazy regularization)  [default: the config\'s]', metavar='INT', type=click.IntRange(min=0)),
+    click.option('--dregint',   help='D regularization interval in minibatches (0: no lazy regularization)  [default: the config\'s]', metavar='INT', type=click.IntRange(min=0)),
+)
+
+logging_options = _options(
+    click.option('--log-grad',  help='TensorBoard histograms (150 bins) of G\'s and D\'s raw gradients, once per tick', is_flag=True),
+    click.option('--log-update-norm', help='Report the norm of every update, per phase (Update/<phase>_norm)', is_flag=True),
 )
 
 BMC_PARAMETERS = ('bmc_rho1', 'bmc_rho2', 'bmc_b1_mean', 'bmc_b1_std', 'bmc_b2_mean', 'bmc_b2_std')
@@ -126,31 +155,68 @@ def resolve_device(device):
     return device
 
 
-def uses_adam_betas(optimizer):
-    """Whether the named optimizer takes Adam's betas (then upstream's betas and eps, Adam's, are kept)."""
-    hyperparameters = getattr(ganpatch.optim, 'default_hyperparameters', None) # Each optimizer's keywords, where listed.
-    return 'betas' in hyperparameters(optimizer) if hyperparameters is not None else 'adam' in optimizer
+def optimizer_hyperparameters(name, adam_hyperparameters):
+    """The keywords besides lr that StyleGAN's train.py passes to optimizer `name` (or an alias): every
+    hyperparameter of `ganpatch.optim.default_hyperparameters(name)` at its default, except that the Adam family
+    takes `adam_hyperparameters` (upstream's Adam betas and eps). Recorded in full in training_options.json."""
+    hyperparameters = {key: list(value) if isinstance(value, tuple) else value
+                       for key, value in ganpatch.optim.default_hyperparameters(name).items()}
+    if ganpatch.optim.canonical_name(name) in ADAM_FAMILY:
+        hyperparameters.update(adam_hyperparameters)
+    return hyperparameters
 
 
 def configure_optimizers(G_opt_kwargs, D_opt_kwargs, opts):
     """--optimizer and --clip-*: turn upstream's Adam kwargs (lr already set) into ganpatch.optim's, in place.
 
     The default (adam without clipping) leaves upstream's `torch.optim.Adam` entry untouched, byte for byte.
-    Otherwise the class is `ganpatch.optim.build_optimizer` with the optimizer's name, the clip mode and one
-    threshold per network; optimizers outside the Adam family drop upstream's betas and eps (plain SGD has no
-    momentum). A clip mode needs both thresholds, and thresholds need a clip mode.
+    Otherwise the class is `ganpatch.optim.build_optimizer` with the optimizer's name as given (an alias such as
+    extra_sgd is resolved there), the clip mode, one threshold per network and `optimizer_hyperparameters`
+    (plain SGD has no momentum; the Adam family keeps upstream's betas and eps). A clip mode needs both
+    thresholds, thresholds need a clip mode, and --clip-norm-type / --clip-norm-eps away from their defaults
+    need --clip-mode=norm.
     """
     if opts['clip_mode'] != 'none' and (opts['clip_gmax'] is None or opts['clip_dmax'] is None):
         raise click.ClickException(f'--clip-mode={opts["clip_mode"]} requires --clip-gmax and --clip-dmax')
     if opts['clip_mode'] == 'none' and (opts['clip_gmax'] is not None or opts['clip_dmax'] is not None):
         raise click.ClickException('--clip-gmax and --clip-dmax require --clip-mode=norm or --clip-mode=value')
+    stray = [f'--{name.replace("_", "-")}' for name, default in NORM_CLIP_DEFAULTS.items() if opts[name] != default]
+    if stray and opts['clip_mode'] != 'norm':
+        raise click.ClickException(f'{" and ".join(stray)} require{"s" if len(stray) == 1 else ""} --clip-mode=norm')
     if opts['optimizer'] == 'adam' and opts['clip_mode'] == 'none':
         return
     for opt_kwargs, clip_max in [(G_opt_kwargs, opts['clip_gmax']), (D_opt_kwargs, opts['clip_dmax'])]:
+        adam_hyperparameters = {key: opt_kwargs.pop(key) for key in ['betas', 'eps'] if key in opt_kwargs}
         opt_kwargs.update(class_name='ganpatch.optim.build_optimizer', name=opts['optimizer'], clip_mode=opts['clip_mode'], clip_threshold=clip_max)
-        if not uses_adam_betas(opts['optimizer']):
-            opt_kwargs.pop('betas', None)
-            opt_kwargs.pop('eps', None)
+        if opts['clip_mode'] == 'norm': # JSON has no infinity: an infinite norm type is recorded as 'inf'.
+            opt_kwargs.update(clip_norm_type='inf' if math.isinf(opts['clip_norm_type']) else opts['clip_norm_type'], clip_norm_eps=opts['clip_norm_eps'])
+        opt_kwargs.update(optimizer_hyperparameters(opts['optimizer'], adam_hyperparameters))
+
+
+def configure_regularization(c, opts):
+    """--gregint / --dregint: `c.G_reg_interval` / `c.D_reg_interval` in place, after the base config set its own.
+
+    As in the clipped-methods authors' train.py: not given keeps the config's interval; 0 disables lazy
+    regularization (None: one Gboth / Dboth phase per minibatch, the penalty in every step); N regularizes every
+    N minibatches (phases Gmain + Greg, lr and betas scaled by mb_ratio = N / (N + 1)).
+    """
+    for name, key in [('gregint', 'G_reg_interval'), ('dregint', 'D_reg_interval')]:
+        if opts[name] is not None:
+            c[key] = opts[name] if opts[name] > 0 else None
+
+
+def configure_logging(c, opts):
+    """--log-grad and --log-update-norm: `c.log_grad` / `c.log_update_norm`, only when set (so that a default run
+    records the same training_options.json as before). --log-grad needs TensorBoard, checked here."""
+    if opts['log_grad']:
+        try:
+            import torch.utils.tensorboard # noqa: F401 (what the training loop writes its tfevents with)
+        except Exception as err: # pylint: disable=broad-except
+            raise click.ClickException(f'--log-grad writes TensorBoard histograms, but torch.utils.tensorboard cannot be imported '
+                f'({type(err).__name__}: {err}); install it with: pip install tensorboard')
+        c['log_grad'] = True
+    if opts['log_update_norm']:
+        c['log_update_norm'] = True
 
 
 def configure_bmc(loss_kwargs, opts, seed, given=()):
