@@ -96,7 +96,6 @@ def augment_pipe_for(aug, p, pickled_pipe, default_kwargs=DEFAULT_AUGMENT_KWARGS
     constructor arguments, so the same transformations), else from `default_kwargs` (train.py's default
     pipe); 'noaug': None.
     """
-    import dnnlib
     if aug == 'noaug':
         return None
     if aug == 'resume':
