@@ -275,6 +275,12 @@ SHARED_BAD_VALUES = [
     (['--resume=missing.pkl'], '--resume=missing.pkl: cannot load a network pickle: FileNotFoundError'),
     (['--resume=corrupt.pkl'], '--resume=corrupt.pkl: cannot load a network pickle'),
     (['--resume=corrupt.pkl', '--dry-run'], '--resume=corrupt.pkl: cannot load a network pickle'),
+    (['--clip-norm-eps=1e-6'], '--clip-norm-eps requires --clip-mode=norm'),
+    (['--clip-mode=value', '--clip-gmax=1', '--clip-dmax=1', '--clip-norm-type=inf'], '--clip-norm-type requires --clip-mode=norm'),
+    (['--clip-mode=norm', '--clip-gmax=1', '--clip-dmax=1', '--clip-norm-type=0.5'], "Invalid value for '--clip-norm-type'"),
+    (['--clip-mode=norm', '--clip-gmax=1', '--clip-dmax=1', '--clip-norm-eps=nan'], "Invalid value for '--clip-norm-eps'"),
+    (['--gregint=-1'], "Invalid value for '--gregint'"),
+    (['--dregint=two'], "Invalid value for '--dregint'"),
 ]
 
 
@@ -314,3 +320,73 @@ print('CHANGED', [name for name in before if not torch.equal(before[name], after
 def check_gradnoise_leaves_statistics(tree, snapshot, tree_class):
     output = run(tree, ['-c', GRADNOISE_LEAVES_STATISTICS.format(tree_class=tree_class), str(snapshot)])
     assert 'CHANGED [] W_AVG_NONZERO True' in output, output[-3000:]
+
+
+# A run with the clipped-methods authors' remaining options: an ACClip variant (whose betas lazy regularization
+# rescales), norm clipping with their p and clip_grad_norm_ arithmetic, G without and D with lazy regularization
+# (every 2 minibatches), and both diagnostics.
+DIAGNOSTICS_RUN = ('--optimizer=acclip --glr=0.001 --dlr=0.001 --clip-mode=norm --clip-gmax=1 --clip-dmax=1 --clip-norm-type=inf '
+                   '--clip-norm-eps=1e-6 --gregint=0 --dregint=2 --log-grad --log-update-norm').split()
+
+
+def check_diagnostics_run(tree, run_dir):
+    """DIAGNOSTICS_RUN: its options recorded, Gboth/Dmain/Dreg phases, an update norm per phase in stats.jsonl, and
+    one TensorBoard histogram per network and tick with 150 bins over all of the network's gradient entries."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    means = check_finite_losses_and_snapshot(tree, run_dir)
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert (options['G_reg_interval'], options['D_reg_interval'], options['log_grad'], options['log_update_norm']) == (None, 2, True, True)
+    for key in ['G_opt_kwargs', 'D_opt_kwargs']:
+        assert options[key] == dict(class_name='ganpatch.optim.build_optimizer', lr=0.001, name='acclip', clip_mode='norm', clip_threshold=1.0,
+            clip_norm_type='inf', clip_norm_eps=1e-6, betas=[0.9, 0.99], eps=1e-5, weight_decay=1e-5, alpha=2.0, second_moment=True)
+    for phase in ['Gboth', 'Dmain', 'Dreg']:
+        assert all(math.isfinite(v) and v > 0 for v in means[f'Update/{phase}_norm']), phase
+        assert all(math.isfinite(v) for v in means[f'Grad/{phase}_norm']), phase
+    assert not any(name.startswith(('Update/Gmain', 'Update/Greg')) for name in means)
+    [events] = run_dir.glob('events.out.tfevents.*')
+    accumulator = EventAccumulator(str(events), size_guidance={'histograms': 0})
+    accumulator.Reload()
+    assert sorted(accumulator.Tags()['histograms']) == ['Histogram/D_grads', 'Histogram/G_grads']
+    output = run(tree, ['-c', PARAMETER_COUNTS, str(last_snapshot(run_dir))])
+    numels = json.loads(output.split('NUMEL ', 1)[1].splitlines()[0])
+    for network in ['G', 'D']:
+        histograms = accumulator.Histograms(f'Histogram/{network}_grads')
+        assert len(histograms) == len(means['Progress/tick']) # One per tick.
+        numel = numels[network]
+        for event in histograms:
+            assert event.histogram_value.num == numel and len(event.histogram_value.bucket) == 151 # 150 bins and the edge.
+    return means
+
+
+PARAMETER_COUNTS = r'''
+import json, sys, dnnlib, legacy
+with dnnlib.util.open_url(sys.argv[1]) as f:
+    data = legacy.load_network_pkl(f)
+print('NUMEL ' + json.dumps({name: sum(p.numel() for p in data[name].parameters()) for name in ['G', 'D']}))
+'''
+
+
+def check_every_optimizer_is_accepted(tree, base_args, tmp_path):
+    """Every name of ganpatch.optim.OPTIMIZER_CHOICES (the authors' extra_sgd / extra_adam too), with and without
+    clipping, in --dry-run (one process)."""
+    import ganpatch.optim
+    argv = [[f'--outdir={tmp_path / "runs"}', *base_args, f'--optimizer={name}', *clip, '--dry-run']
+            for name in ganpatch.optim.OPTIMIZER_CHOICES for clip in [[], ['--clip-mode=value', '--clip-gmax=1', '--clip-dmax=1']]]
+    results = run_click_commands(tree, 'train', 'main', argv, tmp_path)
+    assert all(accepted for accepted, _ in results), results
+    assert not (tmp_path / 'runs').exists()
+
+
+def check_gradnoise_authors_files(run_dir):
+    """gradnoise_train.py also wrote the clipped-methods authors' StyleGAN files for Gmain and Dmain (their names, a
+    bare flat full gradient, float64 noise norms), the same numbers as ours, and measured with a fresh pipe at p=0."""
+    import numpy as np
+    import torch
+    for phase, network in [('Gmain', 'generator'), ('Dmain', 'discriminator')]:
+        ours = torch.load(run_dir / f'{phase}_full_grad.pth', weights_only=True)
+        theirs = torch.load(run_dir / f'{network}_full_grad.pth', weights_only=True)
+        assert isinstance(theirs, torch.Tensor) and theirs.ndim == 1 and torch.equal(theirs, ours['full_grad']), phase
+        norms = np.load(run_dir / f'{network}_stoch_noise.npy')
+        assert norms.dtype == np.float64 and np.array_equal(norms, np.load(run_dir / f'{phase}_stoch_noise.npy')), phase
+    options = json.loads((run_dir / 'options.json').read_text())
+    assert (options['aug'], options['augment_p']) == ('ada', 0.0)

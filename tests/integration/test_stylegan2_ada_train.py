@@ -13,9 +13,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from stylegan_support import (LOAD_AND_GENERATE, SHARED_BAD_VALUES, SNAPSHOTS_EQUAL, cache_stand_in, check_bad_values_fail_at_startup,
-                              check_cuda_run_used_the_plugins, check_custom_ops_against_reference, check_finite_losses_and_snapshot,
-                              check_gradnoise_leaves_statistics, compat_only_tree, last_snapshot, needs_cuda, run, run_click_commands,
+from stylegan_support import (DIAGNOSTICS_RUN, LOAD_AND_GENERATE, SHARED_BAD_VALUES, SNAPSHOTS_EQUAL, cache_stand_in,
+                              check_bad_values_fail_at_startup, check_cuda_run_used_the_plugins, check_custom_ops_against_reference,
+                              check_diagnostics_run, check_every_optimizer_is_accepted, check_finite_losses_and_snapshot,
+                              check_gradnoise_authors_files, check_gradnoise_leaves_statistics, compat_only_tree, last_snapshot, needs_cuda, run, run_click_commands,
                               run_trainings, seed_args, stats_means)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,6 +29,7 @@ SMOKE_RUNS = {  # name -> extra train.py options; 'adam' trains class-conditiona
     'sgd-value': '--optimizer=sgd --glr=0.01 --dlr=0.01 --clip-mode=value --clip-gmax=0.01 --clip-dmax=0.01'.split(),
     'extrasgd-norm': '--optimizer=extrasgd --glr=0.01 --dlr=0.01 --clip-mode=norm --clip-gmax=1 --clip-dmax=1'.split(),
     'bmc-G': ['--bmc=G'],
+    'diagnostics': DIAGNOSTICS_RUN,
 }
 
 # The GAN-BMC README's commands (seed 003), verbatim apart from local files in place of URLs and ~.
@@ -107,13 +109,21 @@ def test_smoke_run_trains_and_snapshots(name, tree, smoke_runs):
         optimizer, mode = name.split('-')
         for key in ['G_opt_kwargs', 'D_opt_kwargs']:
             assert options[key] == dict(class_name='ganpatch.optim.build_optimizer', lr=0.01, name=optimizer, clip_mode=mode,
-                                        clip_threshold=options[key]['clip_threshold'])
+                                        clip_threshold=options[key]['clip_threshold'], momentum=0.0, weight_decay=0.0,
+                                        **(dict(clip_norm_type=2.0, clip_norm_eps=0.0) if mode == 'norm' else {}))
         for phase in ['Gmain', 'Greg', 'Dmain', 'Dreg']:
             assert all(math.isfinite(v) for v in means[f'Grad/{phase}_norm']), phase
     if name == 'bmc-G':
         assert options['loss_kwargs']['bmc_target'] == 'G'
         assert options['loss_kwargs']['bmc_kwargs'] == dict(rho1=0.1, rho2=0.01, b1_mean=0.0, b1_std=0.01, b2_mean=1.0, b2_std=0.05, seed=0)
         assert all(math.isfinite(v) and v >= 0 for v in means['Loss/G/bmc'])
+    if name == 'diagnostics':
+        check_diagnostics_run(tree, run_dir)
+        assert '-gregint0-dregint2-' in run_dir.name # Overrides of the config, as upstream names them.
+
+
+def test_every_optimizer_name_is_accepted(tree, datasets, tmp_path):
+    check_every_optimizer_is_accepted(tree, [f'--data={datasets["data"]}', *TINY], tmp_path)
 
 
 def test_default_adam_run_matches_the_compat_only_tree(tree, smoke_runs, compat_run):
@@ -157,6 +167,7 @@ def test_gradnoise_both_passes_on_snapshot(tree, datasets, smoke_runs, tmp_path)
         '--batch-gpu=4', '--gamma=1', '--cfg=cifar', '--kimg=0.024', '--mode=both', '--metrics=none', '--desc=eval',
         f'--resume={last_snapshot(smoke_runs["sgd-value"])}', '--workers=1', '--device=cpu', '--pl-mean-batches=2'])
     assert '--cfg=cifar disagrees with the pickle' in output
+    assert 'Augmentation:        a fresh pipe at p=0 (--aug=ada)' in output
     [run_dir] = tmp_path.iterdir()
     assert run_dir.name == '00000-gradnoise-eval'
     phases = ['Gmain', 'Greg', 'Dmain', 'Dreg']
@@ -166,6 +177,7 @@ def test_gradnoise_both_passes_on_snapshot(tree, datasets, smoke_runs, tmp_path)
         norms = np.load(run_dir / f'{phase}_stoch_noise.npy')
         assert norms.shape == (3,) and np.isfinite(norms).all() and (norms > 0).all(), (phase, norms)
     assert {'results_norm.png', 'results_lognorm.png', 'Gmain_full_grad.pth'} <= {p.name for p in run_dir.iterdir()}
+    check_gradnoise_authors_files(run_dir)
 
 
 def test_gradnoise_loss_leaves_running_statistics_alone(tree, smoke_runs):

@@ -11,8 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from stylegan_support import (SHARED_BAD_VALUES, SNAPSHOTS_EQUAL, cache_stand_in, check_bad_values_fail_at_startup,
-                              check_cuda_run_used_the_plugins, check_custom_ops_against_reference, check_finite_losses_and_snapshot,
+from stylegan_support import (DIAGNOSTICS_RUN, SHARED_BAD_VALUES, SNAPSHOTS_EQUAL, cache_stand_in, check_bad_values_fail_at_startup,
+                              check_cuda_run_used_the_plugins, check_custom_ops_against_reference, check_diagnostics_run,
+                              check_every_optimizer_is_accepted, check_finite_losses_and_snapshot, check_gradnoise_authors_files,
                               check_gradnoise_leaves_statistics, compat_only_tree, last_snapshot, needs_cuda, run, run_click_commands,
                               seed_args, stats_means)
 
@@ -26,6 +27,7 @@ SMOKE_RUNS = {  # name -> extra train.py options
     'sgd-value': '--optimizer=sgd --glr=0.01 --dlr=0.01 --clip-mode=value --clip-gmax=0.01 --clip-dmax=0.01'.split(),
     'extrasgd-norm': '--optimizer=extrasgd --glr=0.01 --dlr=0.01 --clip-mode=norm --clip-gmax=1 --clip-dmax=1'.split(),
     'bmc-G': ['--bmc=G'],
+    'diagnostics': DIAGNOSTICS_RUN,
 }
 
 # The seed README's StyleGAN commands (000_*.txt), verbatim apart from --data/--resume; the third
@@ -109,13 +111,19 @@ def test_smoke_run_trains_and_snapshots(name, tree, smoke_runs):
         for key, threshold in [('G_opt_kwargs', options['G_opt_kwargs']['clip_threshold']), ('D_opt_kwargs', options['D_opt_kwargs']['clip_threshold'])]:
             assert options[key]['class_name'] == 'ganpatch.optim.build_optimizer'
             assert (options[key]['name'], options[key]['clip_mode']) == (optimizer, mode)
-            assert 'betas' not in options[key]
+            assert 'betas' not in options[key] and options[key]['momentum'] == 0.0
         for phase in ['Gmain', 'Greg', 'Dmain', 'Dreg']:
             assert all(math.isfinite(v) for v in means[f'Grad/{phase}_norm']), phase
     if name == 'bmc-G':
         assert options['loss_kwargs']['bmc_target'] == 'G'
         assert options['loss_kwargs']['bmc_kwargs'] == dict(rho1=0.1, rho2=0.01, b1_mean=0.0, b1_std=0.01, b2_mean=1.0, b2_std=0.05, seed=0)
         assert all(math.isfinite(v) and v >= 0 for v in means['Loss/G/bmc'])
+    if name == 'diagnostics':
+        check_diagnostics_run(tree, run_dir)
+
+
+def test_every_optimizer_name_is_accepted(tree, dataset, tmp_path):
+    check_every_optimizer_is_accepted(tree, [f'--data={dataset}', *TINY], tmp_path)
 
 
 def test_gradnoise_both_passes_on_snapshot(tree, dataset, smoke_runs, tmp_path):
@@ -124,6 +132,7 @@ def test_gradnoise_both_passes_on_snapshot(tree, dataset, smoke_runs, tmp_path):
         '--batch=4', '--batch-gpu=2', '--gamma=1', '--cbase=16384', '--kimg=0.012', '--mode=both', '--metrics=none',
         '--desc=eval', f'--resume={snapshot}', '--workers=1', '--device=cpu', '--pl-mean-batches=2'])
     assert '--cbase=16384 disagrees with the pickle (256)' in output
+    assert 'Augmentation:        a fresh pipe at p=0 (--aug=ada)' in output
     [run_dir] = tmp_path.iterdir()
     assert run_dir.name == '00000-gradnoise-eval'
     phases = ['Gmain', 'Greg', 'Dmain', 'Dreg']
@@ -135,6 +144,7 @@ def test_gradnoise_both_passes_on_snapshot(tree, dataset, smoke_runs, tmp_path):
     for phase in phases:
         norms = np.load(run_dir / f'{phase}_stoch_noise.npy')
         assert norms.shape == (3,) and np.isfinite(norms).all() and (norms > 0).all(), (phase, norms)
+    check_gradnoise_authors_files(run_dir)
 
 
 def test_gradnoise_loss_leaves_running_statistics_alone(tree, smoke_runs):
@@ -164,7 +174,8 @@ def test_seed_train_command_dry_run(name, tree, dataset, smoke_runs, tmp_path):
     options = json.loads(output.split('Training options:', 1)[1].split('\nOutput directory:', 1)[0])
     lr = {'best_pt1': 0.35, 'best_pt2': 0.035, 'best_pt3': 0.0035}[name]
     for key in ['G_opt_kwargs', 'D_opt_kwargs']:
-        assert options[key] == dict(class_name='ganpatch.optim.build_optimizer', name='sgd', clip_mode='value', clip_threshold=0.0025, lr=lr)
+        assert options[key] == dict(class_name='ganpatch.optim.build_optimizer', name='sgd', clip_mode='value', clip_threshold=0.0025, lr=lr,
+                                    momentum=0.0, weight_decay=0.0)
     assert options['total_kimg'] == {'best_pt1': 6000, 'best_pt2': 3600, 'best_pt3': 8000}[name]
     assert (options['batch_size'], options['loss_kwargs']['r1_gamma'], options['G_kwargs']['channel_base']) == (32, 0.1024, 16384)
     assert options['G_kwargs']['mapping_kwargs']['num_layers'] == 2
@@ -179,6 +190,7 @@ def test_seed_gradnoise_command_dry_run(tree, dataset, smoke_runs, tmp_path):
     assert 'Dry run; exiting.' in output
     assert 'Phases:              Gmain, Greg, Dmain, Dreg' in output
     assert 'Passes:              both, 31250 minibatches of 32 images each' in output
+    assert 'Augmentation:        a fresh pipe at p=0 (--aug=ada)' in output # As the authors' measurement ran.
     assert not (tmp_path / 'eval_runs').exists()
 
 
@@ -190,8 +202,10 @@ def test_gradnoise_rejects_bad_values_before_writing(tree, dataset, tmp_path):
     (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04 not a pickle at all')
     common = [f'--outdir={tmp_path / "eval"}', f'--data={dataset}', '--gpus=1', '--batch=4', '--gamma=1', '--device=cpu']
     results = run_click_commands(tree, 'gradnoise_train', 'main', [[*common, '--resume=missing.pkl'],
-        [*common, '--resume=corrupt.pkl', '--dry-run'], [*common, '--resume=corrupt.pkl', '--kimg=nan']], tmp_path)
-    assert [accepted for accepted, _ in results] == [False, False, False]
+        [*common, '--resume=corrupt.pkl', '--dry-run'], [*common, '--resume=corrupt.pkl', '--kimg=nan'],
+        [*common, '--resume=corrupt.pkl', '--p=0.5'], [*common, '--resume=corrupt.pkl', '--aug=fixed', '--p=1.5']], tmp_path)
+    assert [accepted for accepted, _ in results] == [False] * 5
+    assert results[3][1] == '--p requires --aug=fixed' and "Invalid value for '--p'" in results[4][1]
     assert 'missing.pkl: cannot load a network pickle' in results[0][1] and 'corrupt.pkl: cannot load' in results[1][1]
     assert "'--kimg': 'nan' is not a finite number" in results[2][1]
     assert not (tmp_path / 'eval').exists()
