@@ -1,4 +1,4 @@
-"""The job loop of the parity runners (wgangp_runner.py, stylegan3_runner.py).
+"""The job loop of the parity runners (wgangp_runner.py, stylegan_runner.py).
 
     python <runner>.py JOBS.json OUT_DIR
 
