@@ -166,12 +166,12 @@ def inject_bmc_draws(seed):
     sampler = ganpatch.bmc.BrownianSampler(seed=seed)
     pending = []
 
-    def normal(mean, std, *args, **kwargs):
-        if float(mean) == 0.0 and float(std) == 0.01:
+    def normal(mean, std, *args, **kwargs):  # their calls: normal(tensor(0.0), tensor(0.01)), normal(tensor(1.0), tensor(0.05))
+        if float(mean) == 0.0:
             assert not pending, 'b1 drawn twice in a row'
             pending.extend(sampler.sample(1, torch.device('cpu')))
             return pending.pop(0)
-        assert float(mean) == 1.0 and float(std) == 0.05 and len(pending) == 1, 'b2 without its b1'
+        assert float(mean) == 1.0 and len(pending) == 1, 'b2 without its b1'
         return pending.pop(0)
     torch.normal = normal
 

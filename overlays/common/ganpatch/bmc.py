@@ -28,9 +28,11 @@ def _per_sample(b, logits):
 
 def generator_bmc_term(fake_logits, b1, b2, rho1, rho2):
     """br = 1/2 rho1 |s^2 b1| + 1/4 rho2 |s^2 b2| per sample (shape of `fake_logits`), to SUBTRACT from the
-    generator loss (authors' StyleGAN2-ADA code, commit 7d9eae2)."""
-    s2 = fake_logits.square()
-    return 0.5 * rho1 * (s2 * _per_sample(b1, fake_logits)).abs() + 0.25 * rho2 * (s2 * _per_sample(b2, fake_logits)).abs()
+    generator loss (authors' StyleGAN2-ADA code, commit 7d9eae2). The float operations are theirs, in their order
+    (s * s once per term rather than s.square() once, 1/4 |.| then times rho2), so that the loss and its gradient
+    match theirs bit for bit given the same (b1, b2)."""
+    s = fake_logits
+    return 0.5 * rho1 * (s * s * _per_sample(b1, s)).abs() + 0.25 * (s * s * _per_sample(b2, s)).abs() * rho2
 
 
 def discriminator_bmc_term(real_logits, fake_logits, b1, b2, rho1, rho2):
