@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -82,3 +83,13 @@ def max_difference(theirs, ours):
     a, b = [torch.load(record['weights'], weights_only=True) for record in (theirs, ours)]
     assert a.keys() == b.keys() and all(a[net].keys() == b[net].keys() for net in a)
     return {net: max((a[net][k].double() - b[net][k].double()).abs().max().item() for k in a[net]) for net in a}
+
+
+def image_dataset(tree, root):
+    """root/data.zip: 32 generated 32x32 images (python -m ganpatch.fake_data images), packed by the tree's
+    dataset_tool.py (the StyleGAN targets' training data)."""
+    root = Path(root)
+    for command in [['-m', 'ganpatch.fake_data', 'images', str(root / 'png'), '--images', '32', '--resolution', '32'],
+                    ['dataset_tool.py', f'--source={root / "png"}', f'--dest={root / "data.zip"}']]:
+        subprocess.run([sys.executable, *command], cwd=tree, check=True, capture_output=True)
+    return root

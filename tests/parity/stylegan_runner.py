@@ -42,7 +42,6 @@ import json
 import os
 import pickle
 import sys
-import types
 
 import parity_jobs  # beside this script (sys.path[0])
 
@@ -56,18 +55,6 @@ from torch_utils import training_stats  # noqa: E402
 torch.set_num_threads(1)
 record = {}
 state = {}  # per job: minibatch names, optimizer names, the last gradient of each network
-
-
-def install_import_stand_ins():
-    """The authors' gradnoise_eval.py imports seaborn (for its plots) at module level: an import-only stand-in
-    where it is not installed (the tests compare the saved arrays, not the figures)."""
-    try:
-        import seaborn  # noqa: F401
-    except ImportError:
-        seaborn = types.ModuleType('seaborn')
-        seaborn.set = lambda *args, **kwargs: None
-        seaborn.histplot = lambda *args, **kwargs: None
-        sys.modules['seaborn'] = seaborn
 
 
 def trace_reports():
@@ -177,7 +164,7 @@ def inject_bmc_draws(seed):
 
 
 def install_hooks():
-    install_import_stand_ins()
+    parity_jobs.install_seaborn_stand_in()  # their gradnoise_eval.py imports seaborn
     trace_reports()
     from training import loss, training_loop
     trace_gradients(loss.StyleGAN2Loss)

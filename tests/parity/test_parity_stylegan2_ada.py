@@ -9,12 +9,11 @@ with --seed; the runner answers their torch.normal calls with ganpatch's draws (
 explains the case.
 """
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from sides import IDENTICAL, Case, both, max_difference, names, run_sides, side_argv
+from sides import IDENTICAL, Case, both, image_dataset, max_difference, names, run_sides, side_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.parity]
 
@@ -33,11 +32,7 @@ AUTHORS_RUNNER_OPTIONS = dict(bmc_draws_seed=0)  # ganpatch's draws with --seed=
 def work(parity_trees, tmp_path_factory):
     """32 generated 32x32 images (python -m ganpatch.fake_data images), packed by dataset_tool.py."""
     ours, _ = parity_trees(TARGET)
-    root = tmp_path_factory.mktemp('parity-stylegan2-ada')
-    for command in [['-m', 'ganpatch.fake_data', 'images', str(root / 'png'), '--images', '32', '--resolution', '32'],
-                    ['dataset_tool.py', f'--source={root / "png"}', f'--dest={root / "data.zip"}']]:
-        subprocess.run([sys.executable, *command], cwd=ours, check=True, capture_output=True)
-    return root
+    return image_dataset(ours, tmp_path_factory.mktemp('parity-stylegan2-ada'))
 
 
 @pytest.fixture(scope='module')

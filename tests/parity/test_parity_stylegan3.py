@@ -6,15 +6,14 @@ lazy regularization (intervals 4 and 16) run at minibatches 0 and 4 and at 0. Bo
 in one process each (`stylegan_runner.py`: every training_stats report, and the final G, D and G_ema; the
 optimizer calls and the minibatches where a case traces them). docs/parity.md explains each case.
 """
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sides import IDENTICAL, NORM_ROUNDING, SEG_SEQUENCES, Case, both, max_difference, names, run_sides, side_argv
+from sides import (IDENTICAL, NORM_ROUNDING, SEG_SEQUENCES, Case, both, image_dataset, max_difference, names, run_sides,
+                   side_argv)
 
 pytestmark = [pytest.mark.integration, pytest.mark.parity]
 
@@ -73,11 +72,7 @@ def runner_options(case, side):
 def work(parity_trees, tmp_path_factory):
     """32 generated 32x32 images (python -m ganpatch.fake_data images), packed by dataset_tool.py."""
     ours, _ = parity_trees(TARGET)
-    root = tmp_path_factory.mktemp('parity-stylegan3')
-    for command in [['-m', 'ganpatch.fake_data', 'images', str(root / 'png'), '--images', '32', '--resolution', '32'],
-                    ['dataset_tool.py', f'--source={root / "png"}', f'--dest={root / "data.zip"}']]:
-        subprocess.run([sys.executable, *command], cwd=ours, check=True, capture_output=True)
-    return root
+    return image_dataset(ours, tmp_path_factory.mktemp('parity-stylegan3'))
 
 
 @pytest.fixture(scope='module')

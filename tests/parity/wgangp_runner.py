@@ -33,13 +33,7 @@ sys.path.insert(0, os.getcwd())
 
 def install_import_stand_ins():
     """Empty modules for the authors' top-level imports that these runs never use (see the module docstring)."""
-    try:
-        import seaborn  # noqa: F401
-    except ImportError:
-        seaborn = types.ModuleType('seaborn')
-        seaborn.set = lambda *args, **kwargs: None
-        seaborn.histplot = lambda *args, **kwargs: None
-        sys.modules['seaborn'] = seaborn
+    parity_jobs.install_seaborn_stand_in()
     try:
         import pytorch_gan_metrics  # noqa: F401
     except ImportError:
