@@ -39,9 +39,6 @@ FINITE_FLOAT = FiniteFloatRange()
 NONNEGATIVE_FLOAT = FiniteFloatRange(min=0)
 POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 KIMG = POSITIVE_FLOAT # Durations in thousands of images; fractions allowed (smoke runs).
-# The Adam family: optimizers whose betas and eps are Adam's, so they take upstream's (StyleGAN's betas (0, 0.99) and
-# eps 1e-8). The ACClip variants keep the betas their names fix; the SGD family takes none.
-ADAM_FAMILY = ('adam', 'extraadam', 'optimistic_adam')
 NORM_CLIP_DEFAULTS = dict(clip_norm_type=2.0, clip_norm_eps=0.0)
 
 
@@ -158,10 +155,12 @@ def resolve_device(device):
 def optimizer_hyperparameters(name, adam_hyperparameters):
     """The keywords besides lr that StyleGAN's train.py passes to optimizer `name` (or an alias): every
     hyperparameter of `ganpatch.optim.default_hyperparameters(name)` at its default, except that the Adam family
-    takes `adam_hyperparameters` (upstream's Adam betas and eps). Recorded in full in training_options.json."""
+    (`ganpatch.optim.takes_adam_hyperparameters`: adam, extraadam, optimistic_adam) takes `adam_hyperparameters`
+    (upstream's Adam betas and eps); the ACClip variants keep the betas their names fix and the SGD family takes
+    none. Recorded in full in training_options.json."""
     hyperparameters = {key: list(value) if isinstance(value, tuple) else value
                        for key, value in ganpatch.optim.default_hyperparameters(name).items()}
-    if ganpatch.optim.canonical_name(name) in ADAM_FAMILY:
+    if ganpatch.optim.takes_adam_hyperparameters(name):
         hyperparameters.update(adam_hyperparameters)
     return hyperparameters
 
