@@ -134,7 +134,7 @@ for name, argv in json.loads(sys.argv[1]):
                                'cpu_s': time.process_time() - start, **extra}), flush=True)
 '''
 
-# scripts/utils/prepare_data.sh and the CIFAR scripts of the seed README, run as they are. Appended to
+# scripts/utils/prepare_data.sh and upstream's CIFAR scripts (its README's flow), run as they are. Appended to
 # them (argparse: the last value wins) for a CPU run of seconds on a 10-image C10 copy:
 SEED_TINY = ('--G_ch 8 --D_ch 8 --batch_size 2 --num_epochs 1 --num_workers 0 --save_every 1 --test_every 1 '
              '--num_inception_images 10 --no_fid').split()
@@ -468,7 +468,7 @@ def test_help_works(jobs):
 
 
 def seed_flow(tree, root, images, train_extra, sample_extra, env=None):
-    """The seed README's CIFAR flow in a copy of the tree (the scripts use paths relative to it):
+    """Upstream's README CIFAR flow in a copy of the tree (the scripts use paths relative to it):
     scripts/utils/prepare_data.sh for C10 (make_hdf5.py, then the Inception moments from the HDF5 copy),
     scripts/launch_cifar_ema.sh, then scripts/sample_cifar_ema.sh on the weights it wrote. Returns the copy."""
     copy = os.path.join(root, 'BigGAN-PyTorch')

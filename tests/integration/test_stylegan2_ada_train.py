@@ -32,7 +32,7 @@ SMOKE_RUNS = {  # name -> extra train.py options; 'adam' trains class-conditiona
     'diagnostics': DIAGNOSTICS_RUN,
 }
 
-# The GAN-BMC README's commands (seed 003), verbatim apart from local files in place of URLs and ~.
+# The GAN-BMC README's commands (TianjiaoLuo/GAN-BMC), verbatim apart from local files in place of URLs and ~.
 SEED_TRAIN_DRY_RUNS = [
     'python train.py --outdir={outdir} --data={data} --gpus=1 --dry-run',
     'python train.py --outdir={outdir} --data={cifar} --gpus=2 --cfg=cifar --cond=1 --dry-run',

@@ -30,8 +30,8 @@ SMOKE_RUNS = {  # name -> extra train.py options
     'diagnostics': DIAGNOSTICS_RUN,
 }
 
-# The seed README's StyleGAN commands (000_*.txt), verbatim apart from --data/--resume; the third
-# one with its two missing line-continuation backslashes restored.
+# The StyleGAN commands of the clipped-methods authors' README (busycalibrating/clipped-stochastic-methods),
+# verbatim apart from --data/--resume; the third one with its two missing line-continuation backslashes restored.
 SEED_TRAIN_COMMANDS = {
     'best_pt1': r'''python train.py --outdir=./logs/ --data={data} --cfg=stylegan2 \
         --gpus=1 --batch=32 --gamma=0.1024 --map-depth=2 --cbase=16384 \
