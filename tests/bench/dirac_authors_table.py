@@ -36,7 +36,7 @@ pyplot and write into their my-images/ folder).
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import multiprocessing
 import os
 import sys
@@ -49,26 +49,20 @@ from typing import NamedTuple
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT / 'overlays' / 'common') not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / 'overlays' / 'common'))
+for folder in (REPO_ROOT, REPO_ROOT / 'overlays' / 'common'):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 from ganpatch import dirac  # noqa: E402
+from ganpatch_apply.errors import EXIT_NO_SOURCE, NoSourceError  # noqa: E402  (apply.py's stdlib package)
+from ganpatch_apply.fetch import Sources, fetch  # noqa: E402
+from ganpatch_apply.pins import Source  # noqa: E402
 
 # TianjiaoLuo/GAN-BMC at its last commit; Dirac-GAN/ (tree f2d45d6c...) is the same since 013baaf, where it was added.
-AUTHORS_PIN = dict(target='gan-bmc (Dirac-GAN)', repo='https://github.com/TianjiaoLuo/GAN-BMC',
-                   commit='c3694c7f3ce9546251b1d4e6451fa04f9d1015fb', tree='80d21e42aeb56a09611a82cfd9d108c6c5e259e6',
-                   license='NVIDIA Source Code License (the repository; Dirac-GAN/ states none of its own)')
+AUTHORS_SOURCE = dict(label="the authors' Dirac-GAN code", repo='https://github.com/TianjiaoLuo/GAN-BMC',
+                      commit='c3694c7f3ce9546251b1d4e6451fa04f9d1015fb', tree='80d21e42aeb56a09611a82cfd9d108c6c5e259e6',
+                      license='NVIDIA Source Code License (the repository; Dirac-GAN/ states none of its own)')
 PACKAGE = 'Dirac-GAN/dirac_gan/'
-EXIT_NO_SOURCE = 3  # As apply.py.
 SHORT_HORIZON_RHO1 = 0.1  # Cells with rho1 >= this run --short-horizon iterations (the paper's values there are <= 1500).
-
-
-def load_apply():
-    """The repository's apply.py, imported for its sources and tree-id verification."""
-    spec = importlib.util.spec_from_file_location('ganpatch_apply_dirac', REPO_ROOT / 'apply.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Its dataclasses look their module up there.
-    spec.loader.exec_module(module)
-    return module
 
 
 def default_mirror():
@@ -86,13 +80,11 @@ class MissingAuthorsCode(Exception):
 def extract_authors_package(dest, mirror=None):
     """Write the authors' `dirac_gan` package (its .py files) from the verified pinned archive into `dest`;
     return the folder to put on sys.path. Raises MissingAuthorsCode when no source holds the commit."""
-    apply = load_apply()
-    pin = apply.Pin(**AUTHORS_PIN)
+    pin = Source(**AUTHORS_SOURCE)
     mirror = default_mirror() if mirror is None else Path(mirror)
     try:
-        files, origin = apply.fetch_upstream(pin, apply.Sources(source=None, mirror=mirror, offline=True),
-                                             fill_cache=False)
-    except apply.NoSourceError as exc:
+        files, origin = fetch(pin, Sources(source=None, mirror=mirror, offline=True), fill_cache=False)
+    except NoSourceError as exc:
         raise MissingAuthorsCode(f'the authors\' Dirac-GAN code (GAN-BMC@{pin.commit[:7]}) is not available: '
             f'{exc}; give a mirror holding GAN-BMC-{pin.commit}.tar.gz (or a GAN-BMC git clone) with '
             '$GANPATCH_MIRROR') from exc
