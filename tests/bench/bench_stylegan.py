@@ -2,11 +2,13 @@
 the method patches.
 
 Usage: python tests/bench/bench_stylegan.py [--target stylegan3|stylegan2-ada] [--tree build/<target>]
-                                            [--device cpu|cuda] [--kimg K]
+                                            [--device cpu|cuda] [--kimg K] [--rounds N]
 
 Trains one config per variant on a synthetic dataset, reads sec/kimg of the ticks after tick 0 (which
 includes start-up and, on CUDA, the custom-op builds) from stats.jsonl, and prints each variant with
-its ratio to the baseline measured in the same invocation. Prints numbers only: no thresholds.
+its ratio to the baseline measured in the same invocation. With --rounds N, the baseline and every variant are
+timed once per round, interleaved, and the best and the median runs are compared (on a shared CPU one run's
+sec/kimg varies by 10-25 %; the best run is the least disturbed). Prints numbers only: no thresholds.
 
 - baseline: the tree at the commit before the "Optimizers and clipping" patch, i.e. upstream plus only
   the fixes it needs to run today (compat, CUDA-op loading, CPU/gloo, smoke-run options), with the
@@ -57,6 +59,7 @@ VARIANTS = {
     'adam + BMC on D': ['--bmc=D'],
 }
 METHOD_PATCH_SUBJECT = 'Optimizers and clipping'
+BASELINE = 'baseline (compat only)'
 
 
 def make_dataset(tree, root, resolution):
@@ -108,7 +111,10 @@ def main():
     parser.add_argument('--tree', type=pathlib.Path, help='the patched tree (default: build/<target>)')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--kimg', type=float, help='length of each run (default: 0.08 on cpu, 4 on cuda)')
+    parser.add_argument('--rounds', type=int, default=1, help='interleaved rounds; the best and median are reported (default: 1)')
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error('--rounds must be at least 1')
     tree = (args.tree or pathlib.Path('build') / args.target).resolve()
     resolution, default_kimg, config = TARGETS[args.target][args.device]
     kimg = args.kimg or default_kimg
@@ -123,17 +129,30 @@ def main():
         speed, error = sec_per_kimg(upstream, data, tmp / 'out-upstream', upstream_options)
         print(f'{"pristine upstream":28s} ' + (f'{speed:8.2f} sec/kimg' if speed else f'cannot run: {error}'), flush=True)
 
-        baseline, error = sec_per_kimg(baseline_tree(tree, tmp / 'baseline'), data, tmp / 'out-baseline', [*config.split(), *length, *SMALL_GRID])
-        if baseline is None:
-            sys.exit(f'baseline (before the method patches) failed: {error}')
-        print(f'{"baseline (compat only)":28s} {baseline:8.2f} sec/kimg', flush=True)
+        baseline_dir = baseline_tree(tree, tmp / 'baseline')
+        options = [*config.split(), *length, *SMALL_GRID]
+        runs = {BASELINE: (baseline_dir, [])} | {name: (tree, extra) for name, extra in VARIANTS.items()}
+        speeds = {name: [] for name in runs}
+        for round_index in range(args.rounds): # Interleaved: each round times the baseline and every variant once.
+            for index, (name, (run_tree, extra)) in enumerate(runs.items()):
+                if name not in speeds:
+                    continue # Failed in an earlier round.
+                speed, error = sec_per_kimg(run_tree, data, tmp / f'out-{round_index}-{index}', [*options, *extra])
+                if speed is None and name == BASELINE:
+                    sys.exit(f'baseline (before the method patches) failed: {error}')
+                if speed is None:
+                    print(f'{name:28s} failed: {error}', flush=True)
+                    del speeds[name]
+                    continue
+                speeds[name].append(speed)
+                print(f'round {round_index + 1}: {name:28s} {speed:8.2f} sec/kimg', flush=True)
 
-        for index, (name, extra) in enumerate(VARIANTS.items()):
-            speed, error = sec_per_kimg(tree, data, tmp / f'out-{index}', [*config.split(), *length, *SMALL_GRID, *extra])
-            if speed is None:
-                print(f'{name:28s} failed: {error}', flush=True)
-                continue
-            print(f'{name:28s} {speed:8.2f} sec/kimg   x{speed / baseline:.3f} vs baseline', flush=True)
+        # On a shared machine a run is only ever slowed down: the best of the rounds is the least disturbed one.
+        baseline = speeds.pop(BASELINE)
+        print(f'\nover {args.rounds} round(s), best and median:\n{BASELINE:28s} {min(baseline):8.2f} {np.median(baseline):8.2f} sec/kimg')
+        for name, values in speeds.items():
+            print(f'{name:28s} {min(values):8.2f} {np.median(values):8.2f} sec/kimg   '
+                  f'x{min(values) / min(baseline):.3f} x{np.median(values) / np.median(baseline):.3f} vs baseline')
 
 
 if __name__ == '__main__':
