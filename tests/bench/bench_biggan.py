@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / 'overlays' / 'common'))
 from ganpatch.fake_data import write_cifar10  # noqa: E402
+from trees import compat_only_commit, export_commit  # noqa: E402
 
 DEVICE_CONFIGS = {  # device -> (train.py options both trees know, images per plain iteration, default --iters)
     'cpu': ('--G_ch 16 --D_ch 16 --batch_size 16 --num_D_steps 2 --G_attn 0 --D_attn 0', 32, 12),
@@ -47,7 +48,6 @@ VARIANTS = {
     'adam + BMC on D': '--bmc D',
     'adam + BMC on G': '--bmc G',
 }
-METHOD_PATCH_SUBJECT = 'Optimizers and clipping'
 
 # Runs train.py once per job in this process, timing each call of the train function.
 DRIVER = r'''
@@ -78,21 +78,6 @@ for name, argv in json.loads(sys.argv[1]):
         train.main()
     print('RUN ' + json.dumps({'name': name, 'times': times}), flush=True)
 '''
-
-
-def baseline_commit(tree):
-    """The commit before the first method patch (the compat-only tree)."""
-    found = subprocess.run(['git', '-C', str(tree), 'log', '--format=%H', f'--grep=^{METHOD_PATCH_SUBJECT}', 'upstream..HEAD'],
-                           capture_output=True, text=True, check=True).stdout.split()
-    if len(found) != 1:
-        sys.exit(f'{tree}: no single patch commit titled "{METHOD_PATCH_SUBJECT}..."; is it a ganpatch biggan-pytorch tree?')
-    return f'{found[0]}~1'
-
-
-def export_commit(tree, commit, dest):
-    dest.mkdir()
-    subprocess.run(f'git -C {tree} archive {commit} | tar -x -C {dest}', shell=True, check=True)
-    return dest
 
 
 def timed_runs(tree, work, runs):
@@ -128,7 +113,7 @@ def main():
         write_cifar10(str(tmp / 'data' / 'cifar'), images=iters * per_iteration)
         options = lambda extra, index: [*COMMON.split(), *config.split(), '--device', args.device, '--data_root',
                                         str(tmp / 'data'), '--experiment_name', f'run{index}', *extra.split()]
-        baseline_tree = export_commit(tree, baseline_commit(tree), tmp / 'baseline')
+        baseline_tree = export_commit(tree, compat_only_commit(tree), tmp / 'baseline')
         before = timed_runs(baseline_tree, tmp, [['baseline', options('', 'b0')]])['baseline']
         patched = timed_runs(tree, tmp, [[name, options(extra, i)] for i, (name, extra) in enumerate(VARIANTS.items())])
         after = timed_runs(baseline_tree, tmp, [['baseline', options('', 'b1')]])['baseline']

@@ -21,8 +21,6 @@ gradients at the same point, then both SGD steps, lr D 1e-2, G 5e-3) unless it s
 import argparse
 import copy
 import os
-import statistics
-import time
 
 import torch
 import torch.nn as nn
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.utils.spectral_norm import spectral_norm
 
 from ganpatch import drift, optim, runge_kutta
+from timing import interleaved_medians
 
 Z_DIM = 128
 LR_DISC, LR_GEN = 1e-2, 5e-3
@@ -152,7 +151,6 @@ def main():
     device = torch.device(args.device)
     width = args.width or (64 if device.type == 'cuda' else 16)
     batch = args.batch or (128 if device.type == 'cuda' else 32)
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     torch.manual_seed(0)
     template_g, template_d = Generator(width).to(device), Discriminator(width).to(device)
     generator = torch.Generator().manual_seed(0)
@@ -169,17 +167,8 @@ def main():
     for order in (2, 4):
         variants[f'Runge-Kutta {order}'] = runge_kutta_step(fresh(), order)
 
-    times = {name: [] for name in variants}
     load_before = os.getloadavg()[0]
-    for repeat in range(args.repeats + 2): # 2 warm-up rounds.
-        for name, step in variants.items():
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            if repeat >= 2:
-                times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(variants, device, args.repeats, warmup=2)
 
     count = lambda module: sum(p.numel() for p in module.parameters())
     print(f'SN-GAN-like pair: G {count(template_g) / 1e6:.2f}M, D {count(template_d) / 1e6:.2f}M parameters (width {width}), '

@@ -17,12 +17,11 @@ Gradients that no variant writes to are shared between variants, to keep the mem
 import argparse
 import math
 import os
-import statistics
-import time
 
 import torch
 
 import ganpatch.optim
+from timing import interleaved_medians
 
 # ~30M parameters in 90 tensors, like StyleGAN2's G at 256x256 with 512 channels: 3x3 convolutions, style
 # affines (512x512) and many bias / vector tensors.
@@ -48,7 +47,6 @@ def main():
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device=cuda needs a CUDA GPU')
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
     shared_grads = [param.grad for param in make_params(device)]
 
@@ -101,16 +99,7 @@ def main():
         'ours acclip': acclip.step,
         'ours paper_acclip': paper_acclip.step,
     }
-    times = {name: [] for name in variants}
-    for repeat in range(args.repeats + 3): # 3 warm-up rounds.
-        for name, call in variants.items():
-            sync()
-            start = time.perf_counter()
-            call()
-            sync()
-            if repeat >= 3:
-                times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved_medians(variants, device, args.repeats, warmup=3)
 
     numel = sum(torch.Size(shape).numel() for shape in SHAPES)
     print(f'{numel / 1e6:.1f}M parameters in {len(SHAPES)} tensors, {device}, torch {torch.__version__}, '

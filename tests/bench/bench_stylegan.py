@@ -32,6 +32,8 @@ import tempfile
 import numpy as np
 import PIL.Image
 
+from trees import compat_only_commit, export_commit
+
 TARGETS = {  # target -> device -> (resolution, default --kimg, train.py options both trees of the target know)
     'stylegan3': {
         'cpu': (32, 0.08, '--cfg=stylegan2 --gpus=1 --batch=8 --gamma=1 --cbase=512 --cmax=32 --map-depth=2 '
@@ -58,7 +60,6 @@ VARIANTS = {
     'adam + BMC on G': ['--bmc=G'],
     'adam + BMC on D': ['--bmc=D'],
 }
-METHOD_PATCH_SUBJECT = 'Optimizers and clipping'
 BASELINE = 'baseline (compat only)'
 
 
@@ -73,19 +74,9 @@ def make_dataset(tree, root, resolution):
     return root / 'data.zip'
 
 
-def export_commit(tree, commit, dest):
-    dest.mkdir()
-    subprocess.run(f'git -C {tree} archive {commit} | tar -x -C {dest}', shell=True, check=True)
-    return dest
-
-
-def baseline_tree(tree, dest):
-    """The tree at the commit before the first method patch (the compat-only tree), with the ganpatch package."""
-    found = subprocess.run(['git', '-C', str(tree), 'log', '--format=%H', f'--grep=^{METHOD_PATCH_SUBJECT}', 'upstream..HEAD'],
-                           capture_output=True, text=True, check=True).stdout.split()
-    if len(found) != 1:
-        sys.exit(f'{tree}: no single patch commit titled "{METHOD_PATCH_SUBJECT}..."; is it a ganpatch StyleGAN tree?')
-    export_commit(tree, f'{found[0]}~1', dest)
+def compat_only_tree(tree, dest):
+    """The compat-only tree (see trees.py), with the ganpatch package its compat patches use."""
+    export_commit(tree, compat_only_commit(tree), dest)
     subprocess.run(f'git -C {tree} archive HEAD ganpatch | tar -x -C {dest}', shell=True, check=True)
     return dest
 
@@ -129,7 +120,7 @@ def main():
         speed, error = sec_per_kimg(upstream, data, tmp / 'out-upstream', upstream_options)
         print(f'{"pristine upstream":28s} ' + (f'{speed:8.2f} sec/kimg' if speed else f'cannot run: {error}'), flush=True)
 
-        baseline_dir = baseline_tree(tree, tmp / 'baseline')
+        baseline_dir = compat_only_tree(tree, tmp / 'baseline')
         options = [*config.split(), *length, *SMALL_GRID]
         runs = {BASELINE: (baseline_dir, [])} | {name: (tree, extra) for name, extra in VARIANTS.items()}
         speeds = {name: [] for name in runs}
